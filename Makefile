@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install tools lint proto proto-check typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: start the sidecar on the embedded demo config (proxy :8000, admin :9901/:9902)
+run: $(STAMP)
+	$(BIN)/sidecar run
+
+tools:
+	./scripts/install-tools.sh
+
+## make test: lint the protos, check generated code is fresh, run the test suite
+test: $(STAMP) tools
+	$(BIN)/buf lint
+	$(BIN)/python scripts/generate_protos.py --check
+	$(BIN)/python -m pytest -q
+
+## make proto: regenerate sidecar/admin/v1 and admin/client from proto/
+proto: $(STAMP)
+	$(BIN)/python scripts/generate_protos.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check sidecar admin tests scripts
+	$(BIN)/mypy sidecar admin
+
+bench: $(STAMP)
+	./bench/run.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

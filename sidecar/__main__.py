@@ -1,0 +1,5 @@
+"""`python -m sidecar` is `sidecar`."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""Errors of the sidecar, each with the HTTP status and stable JSON code it maps to.
+
+Hierarchy (double-inheriting builtins, like aiohttp's client errors)::
+
+    SidecarError
+     +-- ConfigError (ValueError)            a configuration was rejected
+     +-- RegistryError                       a registry change was rejected
+     |    +-- InvalidEndpoint (ValueError)
+     |    +-- EndpointExists
+     |    +-- EndpointNotFound (LookupError)
+     |    +-- EndpointNotRemovable
+     +-- ProxyError                          a request could not be proxied
+          +-- NoRoute, MethodNotAllowed, NoHealthyEndpoint,
+              UpstreamConnectError, UpstreamTimeout, UpstreamProtocolError,
+              UpstreamReset, BadRequest, ...
+
+`ProxyError.status` and `.code` are what the client sees; `.message` is safe to
+show (never an exception's text from a library, never a host name or a path
+inside the sidecar).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "ConfigIssue",
+    "EndpointExists",
+    "EndpointNotFound",
+    "EndpointNotRemovable",
+    "InvalidEndpoint",
+    "MethodNotAllowed",
+    "NoHealthyEndpoint",
+    "NoRoute",
+    "PayloadTooLarge",
+    "ProxyError",
+    "RegistryError",
+    "SidecarError",
+    "UpstreamConnectError",
+    "UpstreamProtocolError",
+    "UpstreamReset",
+    "UpstreamTimeout",
+]
+
+
+class SidecarError(Exception):
+    """Base of every error the sidecar raises on purpose."""
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a configuration: where (`path.to[0].field`) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(SidecarError, ValueError):
+    """A configuration was rejected; the serving one (if any) stays."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        super().__init__("\n".join(f"{source}: {issue}" for issue in issues))
+
+
+# ---------------------------------------------------------------- registry
+
+
+class RegistryError(SidecarError):
+    """A registry change was rejected; nothing was changed."""
+
+
+class InvalidEndpoint(RegistryError, ValueError):
+    """The endpoint's fields are invalid (bad URL, empty cluster, bad port...)."""
+
+
+class EndpointExists(RegistryError):
+    """An endpoint with the same id, or the same URL, is already in the cluster."""
+
+
+class EndpointNotFound(RegistryError, LookupError):
+    """No endpoint with that cluster and id."""
+
+
+class EndpointNotRemovable(RegistryError):
+    """The endpoint comes from the configuration file; change the file instead."""
+
+
+# ---------------------------------------------------------------- data plane
+
+
+class ProxyError(SidecarError):
+    """A request could not be proxied; `status` and `code` go to the client."""
+
+    status: int = 502
+    code: str = "bad_gateway"
+    message: str = "The upstream could not be reached."
+
+    def __init__(self, message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+        super().__init__(self.message)
+
+
+class BadRequest(ProxyError):
+    status = 400
+    code = "bad_request"
+    message = "The request is malformed."
+
+
+class NoRoute(ProxyError):
+    status = 404
+    code = "no_route"
+    message = "No route matches the request."
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    code = "method_not_allowed"
+    message = "The route does not allow this method."
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        self.allowed = allowed
+        super().__init__()
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    code = "payload_too_large"
+    message = "The request body is too large."
+
+
+class NoHealthyEndpoint(ProxyError):
+    status = 503
+    code = "no_healthy_endpoint"
+    message = "The cluster has no endpoint that can take the request."
+
+
+class UpstreamConnectError(ProxyError):
+    status = 502
+    code = "upstream_connect_error"
+    message = "The upstream refused or failed the connection."
+
+
+class UpstreamReset(ProxyError):
+    status = 502
+    code = "upstream_reset"
+    message = "The upstream closed the connection before a complete response."
+
+
+class UpstreamProtocolError(ProxyError):
+    status = 502
+    code = "upstream_protocol_error"
+    message = "The upstream sent a malformed response."
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"
+    message = "The upstream did not answer in time."
