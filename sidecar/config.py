@@ -95,6 +95,8 @@ class ListenerConfig(_Model):
                                   description="Longest header line; longer gets 431.")
     max_headers: int = Field(100, ge=8, le=1000,
                              description="Most request headers; more gets 431.")
+    drain_timeout: Duration = Field(
+        30.0, description="On SIGTERM, time given to requests in flight before exiting.")
     orchestrator_prefix: str | None = Field(
         "/orchestrator/",
         description="Earlier design's addressing: PREFIX{cluster}/{path} goes to that "

@@ -30,6 +30,8 @@ __all__ = [
     "EndpointExists",
     "EndpointNotFound",
     "EndpointNotRemovable",
+    "HeadersTooLarge",
+    "InternalError",
     "InvalidEndpoint",
     "MethodNotAllowed",
     "NoHealthyEndpoint",
@@ -42,6 +44,7 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamReset",
     "UpstreamTimeout",
+    "UriTooLong",
 ]
 
 
@@ -131,6 +134,24 @@ class MethodNotAllowed(ProxyError):
     def __init__(self, allowed: tuple[str, ...]) -> None:
         self.allowed = allowed
         super().__init__()
+
+
+class UriTooLong(BadRequest):
+    status = 414
+    code = "uri_too_long"
+    message = "The request target is too long."
+
+
+class HeadersTooLarge(BadRequest):
+    status = 431
+    code = "headers_too_large"
+    message = "The request headers are too large."
+
+
+class InternalError(ProxyError):
+    status = 500
+    code = "internal_error"
+    message = "The sidecar failed to handle the request."
 
 
 class PayloadTooLarge(ProxyError):

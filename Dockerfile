@@ -1,0 +1,26 @@
+# Sidecar gateway image: slim Python, non-root, config from a volume.
+#   docker build -t sidecar .
+#   docker run -p 8000:8000 -v $PWD/configs:/etc/sidecar:ro sidecar \
+#       run --config /etc/sidecar/examples/local-app.jsonnet --ext-str env=prod --listen 0.0.0.0:8000
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    SIDECAR_JSONNET_PATH=/opt/sidecar/configs
+WORKDIR /opt/sidecar
+COPY pyproject.toml README.md ./
+COPY sidecar ./sidecar
+COPY admin ./admin
+COPY configs ./configs
+RUN pip install --no-cache-dir '.[uvloop]' \
+    && useradd --system --uid 10001 --no-create-home sidecar \
+    && mkdir -p /var/lib/sidecar && chown sidecar /var/lib/sidecar
+
+USER 10001
+VOLUME ["/etc/sidecar", "/var/lib/sidecar"]
+# 8000 data plane, 9901 admin gRPC, 9902 /metrics /live /ready (bind them to 0.0.0.0
+# in the config only where the network is trusted; admin defaults to loopback).
+EXPOSE 8000 9901 9902
+HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9902/ready', timeout=2).status == 200 else 1)"
+ENTRYPOINT ["sidecar"]
+CMD ["run", "--config", "/etc/sidecar/sidecar.jsonnet", "--listen", "0.0.0.0:8000"]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmarks the sidecar against the peers of ../shared/bench in one run
+# (direct, nginx, the minimal aiohttp proxy, the old FastAPI + httpx design).
+# Ratios inside one run are what to report; absolute numbers vary across runs.
+#
+#   bench/run.sh                       # 1 run, 10 s per measurement
+#   RUNS=2 DURATION=8 bench/run.sh     # knobs of run_peers.sh pass through
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+shared=${SHARED_BENCH:-$here/../shared/bench}
+[ -x "$shared/run_peers.sh" ] || { echo "bench: $shared/run_peers.sh not found" >&2; exit 1; }
+[ -x /tmp/benchvenv/bin/python ] || "$shared/setup.sh"
+export RUNS=${RUNS:-1}
+sidecar="env PYTHONDONTWRITEBYTECODE=1 $here/.venv/bin/sidecar run --listen 127.0.0.1:\$PORT --upstream \$UPSTREAM --admin-grpc 127.0.0.1:0 --admin-http 127.0.0.1:0 --no-watch --log-level warning"
+exec "$shared/run_peers.sh" -p "${PEERS:-direct nginx aiohttp-uvloop-auto fastapi-httpx}" \
+  --peer "sidecar=$sidecar" "$@"

@@ -1,0 +1,176 @@
+"""Header hygiene for forwarded messages, as bytes in and bytes out.
+
+Pure functions, hot path: they build the whole upstream request head and the
+downstream response head in one pass over the raw header pairs, without
+decoding to str and without a multidict in between.
+
+What they do (RFC 9110 7.6):
+
+* drop hop-by-hop fields both ways: Connection, Keep-Alive, Proxy-Connection,
+  TE, Trailer, Transfer-Encoding, Upgrade, Proxy-Authenticate,
+  Proxy-Authorization, and every field named in Connection;
+* set the framing themselves (Content-Length or chunked), never trust the
+  client's or the upstream's framing headers;
+* append the client to X-Forwarded-For, set X-Forwarded-Proto from the
+  connection and X-Forwarded-Host from the client's Host, append to Via;
+* keep every other end-to-end field as received, byte for byte (Authorization,
+  X-API-Key, cookies, Content-Encoding, ...);
+* carry X-Request-Id: the client's when valid, otherwise a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+
+__all__ = [
+    "HOP_BY_HOP",
+    "VIA_PSEUDONYM",
+    "build_request_head",
+    "build_response_head",
+    "connection_tokens",
+    "new_request_id",
+    "valid_request_id",
+]
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+# Fields the sidecar writes itself on the upstream request.
+_REQUEST_OWNED = HOP_BY_HOP | {
+    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", b"x-request-id", b"via",
+}
+# Fields the sidecar writes itself on the downstream response.
+_RESPONSE_OWNED = HOP_BY_HOP | {b"content-length", b"x-request-id", b"via"}
+
+VIA_PSEUDONYM = b"sidecar"
+_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
+_random = random.Random(os.urandom(16))
+_getrandbits = _random.getrandbits
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_CRLF = b"\r\n"
+_SEP = b": "
+
+
+def new_request_id() -> bytes:
+    """128 random bits as 32 hex digits. Not a secret, so a fast PRNG is fine."""
+    return b"%032x" % _getrandbits(128)
+
+
+def valid_request_id(value: str | None) -> bool:
+    """A client's X-Request-Id is kept only if short and printable (no spaces, no controls)."""
+    return value is not None and _REQUEST_ID.fullmatch(value.encode("latin-1", "replace")) is not None
+
+
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Lower-case field names listed in Connection header values."""
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
+def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple[bytes, bytes]],
+                       *, host: bytes | None, client: bytes, proto: bytes, request_id: bytes,
+                       framing: bytes, via_version: bytes = b"1.1",
+                       _owned: frozenset[bytes] = _REQUEST_OWNED) -> bytes:
+    """The upstream request head.
+
+    `host`: the Host to send (the client's, or the endpoint's when not preserved);
+    None keeps the client's Host. `framing`: b"Content-Length: N\\r\\n",
+    b"Transfer-Encoding: chunked\\r\\n" or b"" for no body.
+    """
+    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    append = lines.append
+    client_host = b""
+    forwarded_for: list[bytes] = []
+    via: list[bytes] = []
+    conn: list[bytes] = []
+    owned = _owned
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname in owned:
+            if lname == b"host":
+                client_host = value
+            elif lname == b"x-forwarded-for":
+                forwarded_for.append(value)
+            elif lname == b"via":
+                via.append(value)
+            elif lname == b"connection":
+                conn.append(value)
+            continue
+        append(name)
+        append(_SEP)
+        append(value)
+        append(_CRLF)
+    if conn and owned is _REQUEST_OWNED:
+        tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
+        if tokens:  # rare: rebuild, dropping the fields Connection names as hop-by-hop
+            return build_request_head(
+                method, target, raw_headers, host=host, client=client, proto=proto,
+                request_id=request_id, framing=framing, via_version=via_version,
+                _owned=owned | tokens)
+    forwarded_for.append(client)
+    via.append(via_version + b" " + VIA_PSEUDONYM)
+    send_host = host if host is not None else client_host
+    lines += (
+        b"Host: ", send_host, _CRLF,
+        b"X-Forwarded-For: ", b", ".join(forwarded_for), _CRLF,
+        b"X-Forwarded-Proto: ", proto, _CRLF,
+    )
+    if client_host:
+        lines += (b"X-Forwarded-Host: ", client_host, _CRLF)
+    lines += (b"X-Request-Id: ", request_id, _CRLF, b"Via: ", b", ".join(via), _CRLF,
+              framing, _CRLF)
+    return b"".join(lines)
+
+
+def build_response_head(version: bytes, status: int, reason: bytes,
+                        raw_headers: Sequence[tuple[bytes, bytes]], *, framing: bytes,
+                        request_id: bytes, keep_content_length: bool = False,
+                        _owned: frozenset[bytes] = _RESPONSE_OWNED) -> bytes:
+    """The downstream response head (status line to the blank line).
+
+    `version` is the client's (b"1.1" or b"1.0"). `framing` carries the
+    Content-Length / Transfer-Encoding / Connection lines the server decided on.
+    `keep_content_length`: pass the upstream's Content-Length through unchanged
+    (responses to HEAD, 304), where it describes a body that is not sent.
+    """
+    lines = [b"HTTP/", version, b" %d " % status, reason or _REASONS.get(status, b"Unknown"),
+             _CRLF]
+    append = lines.append
+    via: list[bytes] = []
+    conn: list[bytes] = []
+    owned = _owned
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname in owned:
+            if lname == b"via":
+                via.append(value)
+            elif lname == b"connection":
+                conn.append(value)
+            elif keep_content_length and lname == b"content-length":
+                lines += (name, _SEP, value, _CRLF)
+            continue
+        append(name)
+        append(_SEP)
+        append(value)
+        append(_CRLF)
+    if conn and owned is _RESPONSE_OWNED:
+        tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
+        if tokens:
+            return build_response_head(
+                version, status, reason, raw_headers, framing=framing, request_id=request_id,
+                keep_content_length=keep_content_length, _owned=owned | tokens)
+    via.append(b"1.1 " + VIA_PSEUDONYM)
+    lines += (b"X-Request-Id: ", request_id, _CRLF, b"Via: ", b", ".join(via), _CRLF,
+              framing, _CRLF)
+    return b"".join(lines)

@@ -1,0 +1,61 @@
+"""Structured JSON logs on stderr, one object per line.
+
+Fields: `time` (RFC 3339, UTC), `level`, `logger`, `message`, the request id when
+a log call happens inside a request (`request_id`, from a contextvar), and any
+`extra={...}` the call passed. Nothing is logged per request by default: the
+access log is opt-in (`logging.access_log`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = ["JsonFormatter", "access_logger", "request_id_var", "set_level", "setup_logging"]
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None)
+access_logger = logging.getLogger("sidecar.access")
+
+# Attributes every LogRecord has; anything else came from `extra=` and is logged.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """Route every logger (ours, aiohttp's, grpc's) through one JSON handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    set_level(level)
+    # aiohttp logs every unhandled client error at ERROR with a traceback; the
+    # sidecar reports those itself.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+
+
+def set_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())

@@ -1,0 +1,172 @@
+"""Prometheus metrics of the sidecar, and the admin HTTP app that serves them.
+
+The data path counts into plain Python ints and lists (one event loop, no locks);
+a custom prometheus-client `Collector` turns them into metric families when
+scraped. prometheus_client's own Counter/Histogram take a lock per update, which
+the hot path does not need. Labels are route and cluster *names* from the
+configuration or registry, never raw paths, so cardinality is bounded.
+
+Exposed (all prefixed `sidecar_`):
+
+* `requests_total{route,cluster,code_class}`: finished requests; code_class 2xx..5xx.
+* `request_duration_seconds{route,cluster}`: histogram, first byte in to last byte out.
+* `active_requests`: requests in flight on the listener.
+* `upstream_errors_total{cluster,kind}`: kind is connect, reset, timeout, protocol.
+* `endpoints{cluster,status}`: endpoints per cluster and status.
+* `config_info{version,source}`, `config_loads_total{result}`,
+  `config_last_load_timestamp_seconds`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = ["DURATION_BUCKETS", "Metrics", "RequestStats", "make_admin_app"]
+
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0, 30.0)
+_CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+UPSTREAM_ERROR_KINDS = ("connect", "reset", "timeout", "protocol")
+
+
+class RequestStats:
+    """Counters of one (route, cluster) pair."""
+
+    __slots__ = ("codes", "buckets", "total_seconds")
+
+    def __init__(self) -> None:
+        self.codes = [0] * 6  # index status // 100; 0 unused
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # last one is +Inf
+        self.total_seconds = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        self.codes[status // 100 if 100 <= status < 600 else 5] += 1
+        self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total_seconds += seconds
+
+
+class Metrics(Collector):
+    """All of the sidecar's metrics; register it in a CollectorRegistry to expose them."""
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, str], RequestStats] = {}
+        self.active_requests = 0
+        self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.config_loads = {"success": 0, "failure": 0}
+        self.config_last_load = 0.0
+        self.registry: Registry | None = None
+
+    def stats(self, route: str, cluster: str) -> RequestStats:
+        key = (route, cluster)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = RequestStats()
+        return stats
+
+    def upstream_error(self, cluster: str, kind: str) -> None:
+        key = (cluster, kind)
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def config_loaded(self, ok: bool, when: float) -> None:
+        self.config_loads["success" if ok else "failure"] += 1
+        if ok:
+            self.config_last_load = when
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("sidecar_requests", "Requests handled, by route, cluster "
+                                       "and status class.", labels=["route", "cluster",
+                                                                    "code_class"])
+        duration = HistogramMetricFamily("sidecar_request_duration_seconds",
+                                         "Time from request received to response sent.",
+                                         labels=["route", "cluster"], unit="seconds")
+        for (route, cluster), stats in sorted(self._stats.items()):
+            for i, name in enumerate(_CODE_CLASSES, start=1):
+                if stats.codes[i]:
+                    requests.add_metric([route, cluster, name], stats.codes[i])
+            cumulative, buckets = 0, []
+            for bound, count in zip((*DURATION_BUCKETS, float("inf")), stats.buckets):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            duration.add_metric([route, cluster], buckets, stats.total_seconds)
+        yield requests
+        yield duration
+        yield GaugeMetricFamily("sidecar_active_requests", "Requests in flight.",
+                                value=self.active_requests)
+        errors = CounterMetricFamily("sidecar_upstream_errors", "Failed upstream attempts, by "
+                                     "cluster and kind (connect, reset, timeout, protocol).",
+                                     labels=["cluster", "kind"])
+        for (cluster, kind), count in sorted(self.upstream_errors.items()):
+            errors.add_metric([cluster, kind], count)
+        yield errors
+        loads = CounterMetricFamily("sidecar_config_loads", "Configuration loads, by result.",
+                                    labels=["result"])
+        for result, count in sorted(self.config_loads.items()):
+            loads.add_metric([result], count)
+        yield loads
+        yield GaugeMetricFamily("sidecar_config_last_load_timestamp_seconds",
+                                "When the serving configuration was loaded (Unix time).",
+                                value=self.config_last_load)
+        if self.registry is not None:
+            yield from self._collect_registry(self.registry)
+
+    def _collect_registry(self, registry: Registry) -> Iterator[Metric]:
+        from .registry import EndpointStatus
+
+        endpoints = GaugeMetricFamily("sidecar_endpoints", "Endpoints by cluster and status.",
+                                      labels=["cluster", "status"])
+        for name in sorted(registry.clusters):
+            members = registry.clusters[name]
+            counts = dict.fromkeys(EndpointStatus, 0)
+            for endpoint in members.endpoints.values():
+                counts[endpoint.status] += 1
+            for status, count in counts.items():
+                endpoints.add_metric([name, status.name.lower()], count)
+        yield endpoints
+        info = registry.config_info
+        if info is not None:
+            config = GaugeMetricFamily("sidecar_config_info", "The serving configuration; "
+                                       "value is always 1.", labels=["version", "source"])
+            config.add_metric([info.version[:12], info.source], 1)
+            yield config
+
+
+def make_admin_app(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> web.Application:
+    """The admin HTTP port: /metrics, /live, /ready.
+
+    `ready()` returns (is_ready, reason); /ready answers 503 with the reason until ready.
+    """
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    metrics_handler = make_aiohttp_handler(registry)
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"status": "live"})
+
+    async def ready_handler(request: web.Request) -> web.Response:
+        ok, reason = ready()
+        return web.json_response({"status": "ready" if ok else "not_ready", "reason": reason},
+                                 status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/live", live)
+    app.router.add_get("/ready", ready_handler)
+    return app

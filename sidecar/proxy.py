@@ -1,0 +1,369 @@
+"""The data-plane request handler: route, pick an endpoint, forward, stream back.
+
+Theory of operation, per request:
+
+1. Validate what aiohttp's strict parser does not (Host, request target, CONNECT).
+2. Route with the `RouteTable` of the snapshot current when the request arrived;
+   a reload swaps `Proxy.state` and never touches a request in flight.
+3. Pick an endpoint from the cluster's routable tuple (registry, copy-on-write).
+4. Build the upstream head in one pass (`headers.build_request_head`), send it with
+   the body through the endpoint's `UpstreamPool`, under the total timeout.
+5. If the whole upstream response has already arrived, answer with one write;
+   otherwise stream the body with flow control (aiohttp's `write` drains, the
+   pool pauses the upstream socket when its buffer is full).
+
+Errors before the response starts become JSON bodies with the right status;
+errors after it started abort the client connection, so a truncated body is
+never passed off as complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from .balancer import Balancer, make_balancer
+from .config import SidecarConfig
+from .errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NoHealthyEndpoint,
+    NoRoute,
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
+from .headers import build_request_head, build_response_head, new_request_id, valid_request_id
+from .metrics import Metrics
+from .registry import Endpoint, Registry
+from .routing import RouteTable, normalize_path
+from .upstream import UpstreamPool, UpstreamResponse
+
+__all__ = ["DataPlaneState", "Proxy", "ProxyResponse", "error_response"]
+
+# Bodies up to this size are read whole before forwarding: one write upstream, and
+# an idempotent request stays replayable on a stale pooled connection.
+BUFFER_REQUEST_BODY = 64 * 1024
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_UPSTREAM_ERROR_KIND: dict[type[ProxyError], str] = {
+    UpstreamConnectError: "connect",
+    UpstreamReset: "reset",
+    UpstreamTimeout: "timeout",
+    UpstreamProtocolError: "protocol",
+}
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
+class ProxyResponse(web.StreamResponse):
+    """A response whose head is already serialized (by `build_response_head`).
+
+    aiohttp's StreamResponse would add Content-Type, Server and Date defaults and
+    re-serialize a multidict; a proxy must send the upstream's fields and nothing
+    else, so this writes the prebuilt head and sets only the framing state.
+    """
+
+    # Set when the response was cut short after it started: what the metrics record.
+    aborted_status: int | None = None
+
+    def __init__(self, status: int, head: bytes, *, length: int | None, chunked: bool,
+                 body: bytes | None = None, keep_alive: bool = True) -> None:
+        super().__init__(status=status)
+        self._head = head
+        self._length = length
+        self._chunked = chunked
+        self._body_bytes = body
+        if not keep_alive:
+            self.force_close()
+        # Complete responses go out with their body in one write.
+        self._send_headers_immediately = body is None
+
+    async def _start(self, request: BaseRequest) -> Any:
+        self._req = request
+        writer = self._payload_writer = request._payload_writer
+        if self._keep_alive is None:
+            self._keep_alive = request.keep_alive
+        if not self._must_be_empty_body:
+            if self._chunked:
+                writer.enable_chunking()
+            else:
+                writer.length = self._length
+        writer._headers_buf = self._head  # what writer.write_headers() would store
+        if self._send_headers_immediately:
+            writer.send_headers()
+        return writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        body = self._body_bytes
+        if body is not None and not data and not self._eof_sent:
+            self._body_bytes = None
+            data = b"" if self._must_be_empty_body else body
+        await super().write_eof(data)
+
+
+def error_response(error: ProxyError, request_id: str, version: bytes = b"1.1",
+                   *, keep_alive: bool = True, extra_headers: bytes = b"") -> ProxyResponse:
+    """The JSON error body every sidecar-made error uses; never a library's message."""
+    body = json.dumps({"error": {"code": error.code, "message": error.message,
+                                 "request_id": request_id}}, separators=(",", ":")).encode()
+    if isinstance(error, MethodNotAllowed):
+        extra_headers += b"Allow: " + ", ".join(error.allowed).encode() + b"\r\n"
+    framing = b"Content-Length: %d\r\n" % len(body)
+    if not keep_alive:
+        framing += b"Connection: close\r\n"
+    head = build_response_head(version, error.status, b"", (
+        (b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")),
+        framing=extra_headers + framing, request_id=request_id.encode())
+    return ProxyResponse(error.status, head, length=len(body), chunked=False, body=body,
+                         keep_alive=keep_alive)
+
+
+@dataclass(eq=False)
+class DataPlaneState:
+    """What one configuration means to the data plane; replaced whole on reload."""
+
+    config: SidecarConfig
+    routes: RouteTable
+    balancers: dict[str, Balancer] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, config: SidecarConfig, registry: Registry) -> DataPlaneState:
+        clusters = registry.clusters
+        routes = RouteTable(config.routes, config.listener.orchestrator_prefix,
+                            clusters.__contains__)
+        return cls(config, routes)
+
+
+async def _stream_body(request: BaseRequest) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_any():
+        yield chunk
+
+
+def _host_without_port(host: str) -> str:
+    if host.endswith("]"):
+        return host.lower()
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return name.lower()
+    return host.lower()
+
+
+class Proxy:
+    """The aiohttp low-level handler (`web.Server(proxy.handle)`)."""
+
+    def __init__(self, registry: Registry, metrics: Metrics, state: DataPlaneState,
+                 *, proto: bytes = b"http", clock: Callable[[], float] | None = None) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.state = state
+        self._proto = proto
+        self._clock = clock or time.monotonic
+        self._pools: dict[tuple[str, str], UpstreamPool] = {}
+
+    def swap_state(self, state: DataPlaneState) -> None:
+        self.state = state
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def forget_endpoint(self, cluster: str, endpoint_id: str) -> None:
+        """An endpoint left the registry: close its idle connections now; requests in
+        flight keep theirs, which close when released."""
+        pool = self._pools.pop((cluster, endpoint_id), None)
+        if pool is not None:
+            pool.close()
+
+    def _pool(self, endpoint: Endpoint, connect_timeout: float, max_idle: int,
+              idle_timeout: float) -> UpstreamPool:
+        pool = UpstreamPool(endpoint.address, connect_timeout=connect_timeout,
+                            max_idle=max_idle, idle_timeout=idle_timeout)
+        endpoint.pool = pool
+        old = self._pools.get((endpoint.cluster, endpoint.id))
+        if old is not None and old is not pool:
+            old.close()
+        self._pools[(endpoint.cluster, endpoint.id)] = pool
+        return pool
+
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        start = self._clock()
+        metrics = self.metrics
+        metrics.active_requests += 1
+        headers = request.headers
+        incoming_id = headers.get("X-Request-Id")
+        request_id = incoming_id if valid_request_id(incoming_id) else new_request_id().decode()
+        version = b"1.1" if request.version[1] == 1 else b"1.0"
+        route_name = cluster_name = ""
+        status = 500
+        try:
+            state = self.state
+            method = request.method
+            host = headers.get("Host")
+            if host is None:
+                if request.version >= (1, 1):
+                    raise BadRequest("HTTP/1.1 requests need a Host header.")
+                host = ""
+            if method == "CONNECT":
+                raise MethodNotAllowed(("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST",
+                                        "PUT"))
+            target = request.raw_path
+            if not target.startswith("/"):
+                target = self._origin_form(target)
+            if "/." in target:
+                target = normalize_path(target)
+            match = state.routes.match(_host_without_port(host), method, target)
+            route_name, cluster_name = match.route.name, match.cluster
+            response = await self._forward(request, state, match.cluster,
+                                           match.route.timeout, match.target, request_id,
+                                           version)
+            status = getattr(response, "aborted_status", None) or response.status
+            return response
+        except ProxyError as error:
+            kind = _UPSTREAM_ERROR_KIND.get(type(error))
+            if kind is not None:
+                metrics.upstream_error(cluster_name, kind)
+            status = error.status
+            keep_alive = (request.keep_alive and not request._message.upgrade
+                          and not isinstance(error, BadRequest) and request.method != "CONNECT")
+            return error_response(error, request_id, version, keep_alive=keep_alive)
+        except asyncio.CancelledError:
+            status = 499  # the client went away while we waited on the upstream
+            raise
+        finally:
+            metrics.active_requests -= 1
+            metrics.stats(route_name, cluster_name).observe(status, self._clock() - start)
+
+    @staticmethod
+    def _origin_form(target: str) -> str:
+        """Absolute-form targets (RFC 9112 3.2.2) are accepted; anything else is 400."""
+        lowered = target[:8].lower()
+        if lowered.startswith("http://") or lowered.startswith("https://"):
+            rest = target.split("://", 1)[1]
+            slash = rest.find("/")
+            query = rest.find("?")
+            if slash == -1 or (query != -1 and query < slash):
+                return "/" + (rest[query:] if query != -1 else "")
+            return rest[slash:]
+        raise BadRequest("The request target must be an absolute path.")
+
+    async def _forward(self, request: BaseRequest, state: DataPlaneState, cluster_name: str,
+                       route_timeout: float | None, target: str, request_id: str,
+                       version: bytes) -> web.StreamResponse:
+        members = self.registry.clusters.get(cluster_name)
+        if members is None:
+            raise NoRoute()
+        balancer = state.balancers.get(cluster_name)
+        if balancer is None:
+            balancer = state.balancers[cluster_name] = make_balancer(members.settings.lb_policy)
+        endpoint = balancer.pick(members.routable)
+        if endpoint is None:
+            raise NoHealthyEndpoint()
+        settings = members.settings
+        pool = endpoint.pool or self._pool(endpoint, settings.connect_timeout,
+                                           settings.max_idle_connections,
+                                           settings.idle_timeout)
+        method = request.method
+        body: bytes | AsyncIterator[bytes] | None = None
+        chunked = False
+        framing = b""
+        length = request.content_length
+        if request._message.chunked:
+            chunked = True
+            framing = _CHUNKED
+        elif length is not None:
+            framing = b"Content-Length: %d\r\n" % length
+        if (chunked or length) and "Expect" in request.headers:
+            if request.headers["Expect"].lower() == "100-continue" and request.transport:
+                request.transport.write(_CONTINUE)
+        if chunked or (length is not None and length > BUFFER_REQUEST_BODY):
+            body = _stream_body(request)
+        elif length:
+            body = await request.read()
+        head = build_request_head(
+            _METHODS.get(method) or method.encode(), target.encode("utf-8", "surrogateescape"),
+            request.raw_headers,
+            host=None if settings.preserve_host else endpoint.address.authority.encode(),
+            client=(request.remote or "").encode(), proto=self._proto,
+            request_id=request_id.encode(), framing=framing, via_version=b"1." + version[2:])
+        head_request = method == "HEAD"
+        endpoint.active_requests += 1
+        try:
+            async with asyncio.timeout(route_timeout or settings.timeout):
+                upstream = await pool.request(
+                    head, body, chunked=chunked, head_request=head_request,
+                    retry_stale=method in _IDEMPOTENT and not isinstance(body, AsyncIterator))
+                try:
+                    return await self._respond(request, upstream, request_id, version,
+                                               cluster_name)
+                except BaseException:
+                    upstream.abort()
+                    raise
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+        finally:
+            endpoint.active_requests -= 1
+
+    async def _respond(self, request: BaseRequest, upstream: UpstreamResponse, request_id: str,
+                       version: bytes, cluster_name: str) -> web.StreamResponse:
+        status = upstream.status
+        keep_alive = request.keep_alive and not request._message.upgrade
+        no_body = request.method == "HEAD" or status in (204, 304) or status < 200
+        if upstream.complete:
+            body = upstream.body()
+            upstream.release()
+            framing = b"" if no_body else b"Content-Length: %d\r\n" % len(body)
+            if not keep_alive:
+                framing += b"Connection: close\r\n"
+            elif version == b"1.0":
+                framing += b"Connection: keep-alive\r\n"
+            head = build_response_head(version, status, upstream.reason, upstream.headers,
+                                       framing=framing, request_id=request_id.encode(),
+                                       keep_content_length=no_body)
+            return ProxyResponse(status, head, length=len(body), chunked=False, body=body,
+                                 keep_alive=keep_alive)
+        length = upstream.content_length
+        chunked = length is None and version == b"1.1"
+        if length is None and not chunked:
+            keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
+        framing = (b"Content-Length: %d\r\n" % length if length is not None
+                   else _CHUNKED if chunked else b"")
+        if not keep_alive:
+            framing += b"Connection: close\r\n"
+        elif version == b"1.0":
+            framing += b"Connection: keep-alive\r\n"
+        head = build_response_head(version, status, upstream.reason, upstream.headers,
+                                   framing=framing, request_id=request_id.encode())
+        response = ProxyResponse(status, head, length=length, chunked=chunked,
+                                 keep_alive=keep_alive)
+        await response.prepare(request)
+        try:
+            while chunk := await upstream.read():
+                await response.write(chunk)
+        except (ProxyError, ConnectionError, asyncio.CancelledError, TimeoutError) as exc:
+            # The response has started: the only honest signal left is to cut the
+            # connection, so the client never takes a truncated body as complete.
+            upstream.abort()
+            if request.transport is not None:
+                request.transport.abort()
+            if isinstance(exc, ProxyError):
+                response.aborted_status = exc.status
+                self.metrics.upstream_error(cluster_name,
+                                            _UPSTREAM_ERROR_KIND.get(type(exc), "reset"))
+                return response
+            if isinstance(exc, ConnectionError):
+                response.aborted_status = 499  # client closed the connection (nginx's code)
+                return response
+            raise
+        upstream.release()
+        return response

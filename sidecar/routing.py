@@ -1,0 +1,184 @@
+"""The route table: (host, method, path) -> route, cluster and the path to send upstream.
+
+Pure and immutable: built once per configuration, shared by every request that
+started under it. No I/O, no aiohttp.
+
+Matching rules:
+
+* A route's `prefix` matches on a segment boundary: "/api/users" matches
+  "/api/users", "/api/users/42" and "/api/users?x" but not "/api/usersX". A
+  prefix that ends in "/" matches anything below it.
+* The longest matching prefix wins; at equal length a route naming the exact
+  host beats a wildcard host ("*.example.com"), which beats a route with no host.
+* Among the routes that match host and path, the first (by the order above, then
+  config order) that allows the method wins. If some matched host and path but
+  none allows the method, the answer is 405 with the union of their methods.
+* The earlier design's addressing, `{orchestrator_prefix}{cluster}/{path}`, is a
+  built-in route (named "orchestrator") that competes by the same rules with
+  prefix length of `orchestrator_prefix`; a declared route with a longer prefix
+  wins. The cluster named in the path must exist, or the answer is 404.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .config import NAME_PATTERN, RouteConfig
+from .errors import MethodNotAllowed, NoRoute
+
+__all__ = ["ORCHESTRATOR_ROUTE", "Route", "RouteMatch", "RouteTable", "normalize_path"]
+
+ORCHESTRATOR_ROUTE = "orchestrator"
+_CLUSTER_NAME = re.compile(NAME_PATTERN)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Route:
+    """A compiled route."""
+
+    name: str
+    prefix: str
+    host: str | None
+    methods: frozenset[str] | None
+    cluster: str
+    prefix_rewrite: str | None
+    timeout: float | None
+    order: int
+
+    @classmethod
+    def from_config(cls, config: RouteConfig, order: int) -> Route:
+        methods = frozenset(config.methods) if config.methods is not None else None
+        if methods is not None and "GET" in methods:
+            methods = methods | {"HEAD"}  # HEAD is GET without a body (RFC 9110 9.3.2)
+        return cls(config.route_name, config.prefix, config.host, methods, config.cluster,
+                   config.prefix_rewrite, config.timeout, order)
+
+    def matches_path(self, path: str) -> bool:
+        prefix = self.prefix
+        if not path.startswith(prefix):
+            return False
+        if len(path) == len(prefix) or prefix.endswith("/"):
+            return True
+        return path[len(prefix)] in "/?"
+
+    def matches_host(self, host: str) -> bool:
+        if self.host is None:
+            return True
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:]) and len(host) > len(self.host) - 1
+        return host == self.host
+
+    def rewrite(self, target: str) -> str:
+        """Replace the matched prefix in `target` (path plus query) with prefix_rewrite."""
+        if self.prefix_rewrite is None:
+            return target
+        rest = target[len(self.prefix):]
+        new = self.prefix_rewrite
+        if new.endswith("/") and rest.startswith("/"):
+            rest = rest[1:]
+        elif rest and not new.endswith("/") and rest[0] not in "/?":
+            new += "/"
+        return new + rest
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: Route
+    cluster: str
+    target: str  # path and query to send upstream
+
+
+def _specificity(route: Route) -> tuple[int, int, int]:
+    host_rank = 0 if route.host is None else (1 if route.host.startswith("*.") else 2)
+    return (-len(route.prefix), -host_rank, route.order)
+
+
+def normalize_path(target: str) -> str:
+    """Remove dot-segments (RFC 3986 5.2.4) from the path part of `target`.
+
+    Routing on "/api/public/../admin" must not route by "/api/public" while the
+    upstream serves "/admin". Only called when the path contains "/.".
+    """
+    path, sep, query = target.partition("?")
+    out: list[str] = []
+    segments = path.split("/")
+    for i, segment in enumerate(segments):
+        if segment == "..":
+            if len(out) > 1:
+                out.pop()
+            if i == len(segments) - 1:
+                out.append("")
+        elif segment == ".":
+            if i == len(segments) - 1:
+                out.append("")
+        else:
+            out.append(segment)
+    normalized = "/".join(out) or "/"
+    if not normalized.startswith("/"):
+        normalized = "/" + normalized
+    return normalized + sep + query
+
+
+class RouteTable:
+    """Routes of one configuration, in match order."""
+
+    __slots__ = ("_routes", "_orchestrator", "_orchestrator_prefix", "_cluster_exists")
+
+    def __init__(self, routes: Sequence[RouteConfig], orchestrator_prefix: str | None,
+                 cluster_exists: Callable[[str], bool]) -> None:
+        compiled = [Route.from_config(r, i) for i, r in enumerate(routes)]
+        self._orchestrator_prefix = orchestrator_prefix
+        self._cluster_exists = cluster_exists
+        self._orchestrator: Route | None = None
+        if orchestrator_prefix:
+            self._orchestrator = Route(ORCHESTRATOR_ROUTE, orchestrator_prefix, None, None, "",
+                                       None, None, len(compiled))
+            compiled.append(self._orchestrator)
+        self._routes: tuple[Route, ...] = tuple(sorted(compiled, key=_specificity))
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return self._routes
+
+    def match(self, host: str, method: str, target: str) -> RouteMatch:
+        """Route a request. `host` is lower case without port; `target` is path[?query].
+
+        Raises NoRoute (404) or MethodNotAllowed (405, with the allowed methods).
+        """
+        path = target.partition("?")[0] if "?" in target else target
+        allowed: set[str] = set()
+        any_method = False
+        for route in self._routes:
+            if not route.matches_path(path) or not route.matches_host(host):
+                continue
+            if route is self._orchestrator:
+                found = self._match_orchestrator(target)
+                if found is not None:
+                    return found
+                continue
+            methods = route.methods
+            if methods is None or method in methods:
+                return RouteMatch(route, route.cluster, route.rewrite(target))
+            allowed |= methods
+            any_method = True
+        if any_method:
+            raise MethodNotAllowed(tuple(sorted(allowed)))
+        raise NoRoute()
+
+    def _match_orchestrator(self, target: str) -> RouteMatch | None:
+        assert self._orchestrator is not None and self._orchestrator_prefix is not None
+        rest = target[len(self._orchestrator_prefix):]
+        end = len(rest)
+        for sep in "/?":
+            i = rest.find(sep)
+            if i != -1 and i < end:
+                end = i
+        cluster = rest[:end]
+        if not cluster or not _CLUSTER_NAME.match(cluster) or not self._cluster_exists(cluster):
+            return None
+        upstream = rest[end:]
+        if not upstream.startswith("/"):
+            upstream = "/" + upstream
+        return RouteMatch(self._orchestrator, cluster, upstream)

@@ -1,0 +1,137 @@
+"""Fixtures for integration tests: real upstreams and a real sidecar on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sidecar.app import ConfigSource, Sidecar
+
+LOOPBACK_ADDRESSES = {
+    "listener": {"address": "127.0.0.1:0"},
+    "admin": {"grpc_address": "127.0.0.1:0", "http_address": "127.0.0.1:0"},
+}
+
+
+@dataclass
+class Seen:
+    """What an echo upstream received."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+def echo_app(seen: Seen, name: str = "echo") -> web.Application:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen.requests.append({"method": request.method, "path": request.path_qs,
+                              "headers": list(request.raw_headers), "body": body,
+                              "version": request.version})
+        if request.path.startswith("/status/"):
+            return web.Response(status=int(request.path.rsplit("/", 1)[1]))
+        if request.path == "/big":
+            size = int(request.query.get("size", 1 << 20))
+            response = web.StreamResponse()
+            response.content_length = size
+            await response.prepare(request)
+            chunk = b"x" * 65536
+            sent = 0
+            while sent < size:
+                part = chunk[: min(65536, size - sent)]
+                await response.write(part)
+                sent += len(part)
+            await response.write_eof()
+            return response
+        return web.json_response({"server": name, "method": request.method,
+                                  "path": request.path_qs, "body_bytes": len(body)},
+                                 headers={"X-Served-By": name, "Set-Cookie": "a=b; Path=/"})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def start_upstream() -> AsyncIterator[Callable[..., Awaitable[tuple[TestServer, Seen]]]]:
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application | None = None, name: str = "echo") -> tuple[TestServer, Seen]:
+        seen = Seen()
+        server = TestServer(app or echo_app(seen, name), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return server, seen
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture
+async def start_sidecar() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[Sidecar]]]:
+    started: list[Sidecar] = []
+
+    async def start(config: dict[str, Any], path: str | None = None) -> Sidecar:
+        if path is not None:
+            source = ConfigSource(path=path)
+        else:
+            source = ConfigSource(data=merge(LOOPBACK_ADDRESSES, config))
+        sidecar = Sidecar(source, source.load())
+        await sidecar.start()
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        await sidecar.stop(drain_timeout=1.0)
+
+
+def url_of(server: TestServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+def base_url(sidecar: Sidecar) -> str:
+    return f"http://127.0.0.1:{sidecar.ports['listener']}"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    # auto_decompress off: tests must see the bytes the sidecar sent.
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def raw_request(port: int, data: bytes, *, read_timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return everything the server answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks = []
+        async with asyncio.timeout(read_timeout):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass

@@ -1,0 +1,175 @@
+"""The running sidecar: registry changes, reloads, metrics and readiness, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+
+import pytest
+from aiohttp import web
+
+from sidecar.errors import ConfigError
+
+from .conftest import base_url, url_of
+
+
+async def test_registered_endpoint_takes_traffic_and_deregistered_gets_none(
+        start_upstream, start_sidecar, client):
+    first, _ = await start_upstream(name="first")
+    second, _ = await start_upstream(name="second")
+    sidecar = await start_sidecar({
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(first), "id": "first"}]}],
+        "routes": [{"prefix": "/", "cluster": "app"}]})
+    sidecar.registry.register("app", url_of(second), endpoint_id="second")
+    served = set()
+    for _ in range(4):
+        async with client.get(base_url(sidecar) + "/") as resp:
+            served.add((await resp.json())["server"])
+    assert served == {"first", "second"}
+    sidecar.registry.deregister("app", "second")
+    for _ in range(4):
+        async with client.get(base_url(sidecar) + "/") as resp:
+            assert (await resp.json())["server"] == "first"
+
+
+async def test_dynamic_cluster_via_orchestrator_addressing(start_upstream, start_sidecar,
+                                                           client):
+    server, _ = await start_upstream(name="billing")
+    sidecar = await start_sidecar({})
+    async with client.get(base_url(sidecar) + "/orchestrator/billing/invoices") as resp:
+        assert resp.status == 404
+    sidecar.registry.register("billing", url_of(server))
+    async with client.get(base_url(sidecar) + "/orchestrator/billing/invoices") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["path"] == "/invoices"
+
+
+async def test_in_flight_request_finishes_after_deregistration(start_upstream, start_sidecar,
+                                                               client):
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    server, _ = await start_upstream(app)
+    sidecar = await start_sidecar({"clusters": [{"name": "app"}],
+                                   "routes": [{"prefix": "/", "cluster": "app"}]})
+    sidecar.registry.register("app", url_of(server), endpoint_id="slow")
+
+    async def call() -> tuple[int, str]:
+        async with client.get(base_url(sidecar) + "/") as resp:
+            return resp.status, await resp.text()
+
+    task = asyncio.ensure_future(call())
+    await asyncio.wait_for(arrived.wait(), 5)
+    sidecar.registry.deregister("app", "slow")
+    release.set()
+    assert await asyncio.wait_for(task, 5) == (200, "done")
+    async with client.get(base_url(sidecar) + "/") as resp:
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "no_healthy_endpoint"
+
+
+async def test_reload_swaps_routes_and_bad_config_keeps_the_old(start_upstream, start_sidecar,
+                                                                client, tmp_path):
+    a, _ = await start_upstream(name="a")
+    b, _ = await start_upstream(name="b")
+    path = tmp_path / "sidecar.json"
+
+    def write(routes_to: str, extra: str = "") -> None:
+        path.write_text(json.dumps({
+            "listener": {"address": "127.0.0.1:0"},
+            "admin": {"grpc_address": "127.0.0.1:0", "http_address": "127.0.0.1:0"},
+            "clusters": [{"name": "a", "endpoints": [{"url": url_of(a)}]},
+                         {"name": "b", "endpoints": [{"url": url_of(b)}]}],
+            "routes": [{"prefix": "/", "cluster": routes_to}]})[:-1] + extra + "}")
+
+    write("a")
+    sidecar = await start_sidecar({}, path=str(path))
+    version = sidecar.registry.config_info.version
+    async with client.get(base_url(sidecar) + "/") as resp:
+        assert (await resp.json())["server"] == "a"
+
+    write("b", ', "bogus": 1')
+    with pytest.raises(ConfigError) as info:
+        await sidecar.reload("test")
+    assert info.value.source == str(path)
+    assert any(issue.path == "bogus" for issue in info.value.issues)
+    assert sidecar.registry.config_info.version == version
+    async with client.get(base_url(sidecar) + "/") as resp:
+        assert (await resp.json())["server"] == "a"
+
+    write("b")
+    await sidecar.reload("test")
+    assert sidecar.registry.config_info.version != version
+    async with client.get(base_url(sidecar) + "/") as resp:
+        assert (await resp.json())["server"] == "b"
+    assert sidecar.metrics.config_loads == {"success": 2, "failure": 1}
+
+
+async def test_metrics_ready_and_live(start_upstream, start_sidecar, client):
+    server, _ = await start_upstream()
+    sidecar = await start_sidecar({
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(server)}]}],
+        "routes": [{"name": "all", "prefix": "/", "cluster": "app"}]})
+    for path in ("/", "/x", "/status/503"):
+        async with client.get(base_url(sidecar) + path) as resp:
+            await resp.read()
+    admin = f"http://127.0.0.1:{sidecar.ports['admin_http']}"
+    async with client.get(admin + "/ready") as resp:
+        assert resp.status == 200
+    async with client.get(admin + "/live") as resp:
+        assert resp.status == 200
+    async with client.get(admin + "/metrics", headers={"Accept-Encoding": "identity"}) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert 'sidecar_requests_total{cluster="app",code_class="2xx",route="all"} 2.0' in text
+    assert 'sidecar_requests_total{cluster="app",code_class="5xx",route="all"} 1.0' in text
+    assert 'sidecar_request_duration_seconds_count{cluster="app",route="all"} 3.0' in text
+    assert 'sidecar_endpoints{cluster="app",status="active"} 1.0' in text
+    assert "sidecar_active_requests 0.0" in text
+    assert "/x" not in text  # labels are names, never raw paths
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (make test installs it)")
+    check = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                           capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_drain_finishes_in_flight_request_and_stops_accepting(start_upstream,
+                                                                    start_sidecar, client):
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="finished")
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    server, _ = await start_upstream(app)
+    sidecar = await start_sidecar({
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(server)}]}],
+        "routes": [{"prefix": "/", "cluster": "app"}]})
+
+    async def call() -> tuple[int, str]:
+        async with client.get(base_url(sidecar) + "/") as resp:
+            return resp.status, await resp.text()
+
+    task = asyncio.ensure_future(call())
+    await asyncio.wait_for(arrived.wait(), 5)
+    stopping = asyncio.ensure_future(sidecar.stop(drain_timeout=5))
+    await asyncio.sleep(0)  # let stop() close the listening socket
+    assert sidecar.readiness()[0] is False
+    release.set()
+    assert await asyncio.wait_for(task, 5) == (200, "finished")
+    await asyncio.wait_for(stopping, 10)
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", sidecar.ports["listener"])

@@ -1,0 +1,368 @@
+"""sidecarctl against a real admin server: commands, text and JSON output, exit codes.
+
+Unary commands run in-process (`ctl.run` in a thread: the sync client must not
+block the loop serving it); `watch` and Ctrl-C run as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from admin import ctl
+from admin.__main__ import main
+from admin.server import AdminServer
+from admin.testing import load_config, serve
+from sidecar.registry import EndpointStatus, Registry
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = {
+    "clusters": [
+        {"name": "users", "endpoints": [
+            {"url": "http://127.0.0.1:8081", "id": "u1"},
+            {"url": "http://127.0.0.1:8082", "id": "u2", "labels": {"zone": "a"}}]},
+        {"name": "orders", "endpoints": [{"url": "http://127.0.0.1:8091", "id": "o1"}]},
+    ],
+    "routes": [{"prefix": "/users", "cluster": "users"},
+               {"prefix": "/orders", "cluster": "orders"}],
+}
+CONFIG_JSON = json.dumps({"clusters": ["users", "orders"]})
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def registry() -> Registry:
+    registry = Registry()
+    load_config(registry, CONFIG, source="/etc/sidecar.jsonnet")
+    return registry
+
+
+@pytest.fixture
+async def target(registry: Registry) -> AsyncIterator[str]:
+    async with serve(registry, lambda: CONFIG_JSON) as (_, address):
+        yield address
+
+
+@pytest.fixture
+def unreachable() -> Iterator[str]:
+    """An address where nothing listens: a bound, never listening, socket."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def sidecarctl(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = await asyncio.to_thread(ctl.run, list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+async def test_list_text(target: str) -> None:
+    code, out, err = await sidecarctl("--target", target, "endpoints", "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["CLUSTER", "ID", "URL", "WEIGHT", "STATUS", "SOURCE", "ACTIVE",
+                                "LABELS"]
+    assert lines[1].split() == ["orders", "o1", "http://127.0.0.1:8091", "1", "ACTIVE", "CONFIG",
+                                "0", "-"]
+    assert lines[3].split()[-1] == "zone=a"
+    # Aligned: every row's URL starts in the same column.
+    assert len({line.index("http") for line in lines[1:]}) == 1
+
+
+async def test_list_json_filters_and_pages(target: str, registry: Registry) -> None:
+    registry.set_status("users", "u2", EndpointStatus.DISABLED, "disabled by admin")
+    code, out, _ = await sidecarctl("--target", target, "-o", "json", "endpoints", "list",
+                                    "--cluster", "users", "--status", "disabled")
+    assert code == 0
+    data = json.loads(out)
+    assert [e["id"] for e in data["endpoints"]] == ["u2"]
+    assert data["endpoints"][0]["status"] == "ENDPOINT_STATUS_DISABLED"
+    assert data["totalSize"] == 1 and data["nextPageToken"] == ""
+
+    code, out, err = await sidecarctl("--target", target, "endpoints", "list", "--page-size",
+                                      "1")
+    assert code == 0 and len(out.splitlines()) == 2
+    assert "showing 1 of 3" in err and "--page-token" in err
+
+    # Options also work after the command.
+    code, out, _ = await sidecarctl("endpoints", "list", "--page-size", "1", "--all",
+                                    "--target", target, "-o", "json")
+    data = json.loads(out)
+    assert [e["id"] for e in data["endpoints"]] == ["o1", "u1", "u2"]
+    assert data["totalSize"] == 3 and data["nextPageToken"] == ""
+
+    code, out, _ = await sidecarctl("--target", target, "-o", "json", "endpoints", "list",
+                                    "--page-size", "2")
+    token = json.loads(out)["nextPageToken"]
+    code, out, _ = await sidecarctl("--target", target, "-o", "json", "endpoints", "list",
+                                    "--page-size", "2", "--page-token", token)
+    assert [e["id"] for e in json.loads(out)["endpoints"]] == ["u2"]
+
+
+async def test_list_empty(target: str) -> None:
+    code, out, err = await sidecarctl("--target", target, "endpoints", "list", "--cluster", "x")
+    assert (code, out, err) == (0, "", "no endpoints\n")
+
+
+async def test_register_get_deregister(target: str, registry: Registry) -> None:
+    code, out, err = await sidecarctl(
+        "--target", target, "endpoints", "register", "users", "http://127.0.0.1:9000",
+        "--id", "new", "--weight", "5", "--label", "zone=b", "--label", "tier=gold",
+        "--disabled")
+    assert (code, err) == (0, "")
+    assert out == "registered users/new http://127.0.0.1:9000 weight=5 DISABLED\n"
+    info = registry.get("users", "new")
+    assert (info.weight, info.status, dict(info.labels)) == (
+        5, EndpointStatus.DISABLED, {"zone": "b", "tier": "gold"})
+
+    code, out, _ = await sidecarctl("--target", target, "endpoints", "get", "users", "new")
+    assert code == 0
+    fields = dict(line.split(":", 1) for line in out.splitlines())
+    assert fields["url"].strip() == "http://127.0.0.1:9000"
+    assert fields["source"].strip() == "ADMIN"
+    assert fields["labels"].strip() == "tier=gold,zone=b"
+
+    code, out, _ = await sidecarctl("--target", target, "-o", "json", "endpoints", "get",
+                                    "users", "new")
+    data = json.loads(out)
+    assert data["weight"] == 5 and data["labels"] == {"zone": "b", "tier": "gold"}
+    assert data["source"] == "ENDPOINT_SOURCE_ADMIN" and data["activeRequests"] == 0
+
+    code, out, _ = await sidecarctl("--target", target, "endpoints", "deregister", "users",
+                                    "new")
+    assert (code, out) == (0, "deregistered users/new http://127.0.0.1:9000\n")
+    assert [e.id for e in registry.list("users")] == ["u1", "u2"]
+
+
+async def test_register_json_defaults(target: str) -> None:
+    code, out, _ = await sidecarctl("--target", target, "-o", "json", "endpoints", "register",
+                                    "orders", "http://127.0.0.1:9100")
+    data = json.loads(out)
+    assert code == 0
+    assert (data["id"], data["weight"], data["status"]) == (
+        "127.0.0.1:9100", 1, "ENDPOINT_STATUS_ACTIVE")
+
+
+# ---------------------------------------------------------------- errors and exit codes
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["endpoints", "get", "users", "nope"],
+     "sidecarctl: NOT_FOUND: no endpoint 'nope' in cluster 'users'\n"),
+    (["endpoints", "deregister", "users", "u1"], "sidecarctl: FAILED_PRECONDITION: endpoint "
+     "'u1' of cluster 'users' comes from the configuration file; remove it there\n"),
+    (["endpoints", "register", "users", "http://127.0.0.1:8081"],
+     "sidecarctl: ALREADY_EXISTS: http://127.0.0.1:8081 is already in cluster 'users' as "
+     "endpoint 'u1'\n"),
+    (["endpoints", "register", "users", "http://127.0.0.1:70000"],
+     "sidecarctl: INVALID_ARGUMENT: url: port is out of range 1-65535 or not a number\n"),
+    (["endpoints", "register", "users", "http://127.0.0.1:9000", "--weight", "0"],
+     "sidecarctl: INVALID_ARGUMENT: weight 0 is out of range 1-1000\n"),
+    (["endpoints", "list", "--page-size", "5000"],
+     "sidecarctl: INVALID_ARGUMENT: page_size must be 0 to 1000, got 5000\n"),
+])
+async def test_server_errors_exit_1(target: str, registry: Registry, argv: list[str],
+                                    expected: str) -> None:
+    before = registry.list(), registry.sequence
+    code, out, err = await sidecarctl("--target", target, *argv)
+    assert (code, out, err) == (1, "", expected)
+    assert (registry.list(), registry.sequence) == before
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["endpoints"],
+    ["endpoints", "register", "users"],
+    ["endpoints", "register", "users", "http://h:1", "--weight", "-1"],
+    ["endpoints", "register", "users", "http://h:1", "--label", "novalue"],
+    ["endpoints", "list", "--status", "sleepy"],
+    ["-o", "yaml", "endpoints", "list"],
+    ["--timeout", "0", "endpoints", "list"],
+    ["watch", "--count", "0"],
+    ["frobnicate"],
+])
+async def test_usage_errors_exit_2(argv: list[str]) -> None:
+    code, out, err = await sidecarctl(*argv)
+    assert code == 2 and out == ""
+    assert "usage: sidecarctl" in err
+
+
+async def test_help_exits_0() -> None:
+    code, out, _ = await sidecarctl("endpoints", "register", "--help")
+    assert code == 0 and "--label K=V" in out
+
+
+@pytest.mark.parametrize("argv", [["endpoints", "list"], ["config", "get"], ["watch"]])
+async def test_unreachable_exits_3(unreachable: str, argv: list[str]) -> None:
+    code, out, err = await sidecarctl("--target", unreachable, "--timeout", "2", *argv)
+    assert (code, out) == (3, "")
+    assert err.startswith(f"sidecarctl: UNAVAILABLE: cannot reach the sidecar at {unreachable}")
+    assert err.count("\n") == 1
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """An address that accepts TCP connections and never speaks HTTP/2."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("argv", "code_name"), [
+    (["endpoints", "list"], "DEADLINE_EXCEEDED"),  # --timeout is each call's deadline
+    (["watch"], "UNAVAILABLE"),  # the stream has none; --timeout bounds connecting
+])
+async def test_silent_sidecar_times_out_with_3(silent: str, argv: list[str],
+                                               code_name: str) -> None:
+    code, out, err = await sidecarctl("--target", silent, "--timeout", "0.3", *argv)
+    assert (code, out) == (3, "")
+    assert err.startswith(f"sidecarctl: {code_name}: cannot reach the sidecar at {silent}")
+
+
+def test_target_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_ADMIN", "10.1.2.3:7000")
+    assert ctl.build_parser().parse_args(["endpoints", "list"]).target == "10.1.2.3:7000"
+    monkeypatch.delenv("SIDECAR_ADMIN")
+    assert ctl.build_parser().parse_args(["endpoints", "list"]).target == "127.0.0.1:9901"
+
+
+def test_main_is_the_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config"]) == 2
+    assert "usage: sidecarctl config" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- config
+
+
+async def test_config_get(target: str, registry: Registry) -> None:
+    assert registry.config_info is not None
+    code, out, _ = await sidecarctl("--target", target, "config", "get")
+    assert code == 0
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in out.splitlines())}
+    assert fields["version"] == registry.config_info.version
+    assert fields["source"] == "/etc/sidecar.jsonnet"
+    assert (fields["clusters"], fields["routes"]) == ("2", "2")
+    assert fields["loaded"] == "2023-11-14T22:13:20.000Z"
+
+    code, out, _ = await sidecarctl("--target", target, "config", "get", "--json")
+    assert json.loads(out) == json.loads(CONFIG_JSON)
+
+    code, out, _ = await sidecarctl("--target", target, "-o", "json", "config", "get")
+    data = json.loads(out)
+    assert data["config"]["version"] == registry.config_info.version
+    assert data["config"]["loadTime"] == "2023-11-14T22:13:20Z"
+    assert data["configJson"] == CONFIG_JSON
+
+
+# ---------------------------------------------------------------- watch (subprocesses)
+
+
+async def spawn(*argv: str) -> asyncio.subprocess.Process:
+    env = dict(os.environ, PYTHONWARNINGS="error", PYTHONUNBUFFERED="1")
+    env.pop("SIDECAR_ADMIN", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "admin", *argv, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def readline(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)
+    assert line, "sidecarctl exited early"
+    return line.decode()
+
+
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.communicate()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_watch_count_text(target: str, registry: Registry) -> None:
+    proc = await spawn("--target", target, "watch", "--count", "3")
+    try:
+        first = await readline(proc)
+        assert first.startswith(f"snapshot seq={registry.sequence} config=")
+        assert "endpoints=3" in first
+        registry.register("users", "http://127.0.0.1:9000", endpoint_id="new")
+        registry.set_status("users", "new", EndpointStatus.UNHEALTHY, "health check failed")
+        registry.deregister("users", "new")
+        registry.register("users", "http://127.0.0.1:9001")  # after --count: not printed
+    finally:
+        code, out, err = await finish(proc)
+    assert (code, err) == (0, "")
+    events = [line for line in out.splitlines() if line.startswith("seq=")]
+    assert len(events) == 3
+    assert " added users/new http://127.0.0.1:9000 ACTIVE" in events[0]
+    assert " status users/new ACTIVE -> UNHEALTHY (health check failed)" in events[1]
+    assert events[2].endswith(" removed users/new (deregistered)")
+
+
+async def test_watch_json_with_cluster_filter(target: str, registry: Registry) -> None:
+    proc = await spawn("--target", target, "-o", "json", "watch", "--cluster", "orders",
+                       "--count", "2")
+    try:
+        snapshot = json.loads(await readline(proc))
+        assert [e["id"] for e in snapshot["snapshot"]["endpoints"]] == ["o1"]
+        registry.register("users", "http://127.0.0.1:9000")  # other cluster: filtered
+        registry.register("orders", "http://127.0.0.1:9001", endpoint_id="o2")
+        load_config(registry, CONFIG)
+    finally:
+        code, out, err = await finish(proc)
+    assert (code, err) == (0, "")
+    added, loaded = (json.loads(line)["event"] for line in out.splitlines())
+    assert added["endpointAdded"]["endpoint"]["id"] == "o2"
+    assert loaded["configLoaded"]["config"]["source"] == "<test>"
+    assert int(loaded["sequence"]) == int(added["sequence"]) + 1
+
+
+async def test_watch_ctrl_c_exits_0(target: str) -> None:
+    proc = await spawn("--target", target, "watch")
+    try:
+        assert (await readline(proc)).startswith("snapshot ")
+        proc.send_signal(signal.SIGINT)
+    finally:
+        code, _, err = await finish(proc)
+    assert (code, err) == (0, "")
+
+
+async def test_watch_ends_when_the_server_stops(registry: Registry) -> None:
+    server = AdminServer(registry, lambda: "{}")
+    port = await server.start("127.0.0.1:0")
+    proc = await spawn("--target", f"127.0.0.1:{port}", "watch")
+    try:
+        assert (await readline(proc)).startswith("snapshot ")
+    finally:
+        await server.stop(5)
+        code, _, err = await finish(proc)
+    assert (code, err) == (0, "")
+
+
+def test_module_entry_point_runs(unreachable: str) -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "admin", "--target", unreachable,
+                             "--timeout", "2", "endpoints", "list"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=TIMEOUT,
+                            env=dict(os.environ, PYTHONWARNINGS="error"))
+    assert result.returncode == 3, result.stderr
+    assert "UNAVAILABLE" in result.stderr
