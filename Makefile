@@ -21,10 +21,12 @@ run: $(STAMP)
 tools:
 	./scripts/install-tools.sh
 
-## make test: lint the protos, check generated code is fresh, run the test suite
+## make test: lint protos and code, check generated code is fresh, type-check, run the tests
 test: $(STAMP) tools
 	$(BIN)/buf lint
 	$(BIN)/python scripts/generate_protos.py --check
+	$(BIN)/ruff check sidecar admin tests scripts bench
+	$(BIN)/mypy sidecar admin
 	$(BIN)/python -m pytest -q
 
 ## make proto: regenerate sidecar/admin/v1 and admin/client from proto/

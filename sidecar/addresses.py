@@ -75,9 +75,11 @@ def parse_host_port(value: str, *, allow_zero_port: bool = False) -> HostPort:
     """Parse "host:port" or "[v6]:port"; port 0 (pick one) only where allowed."""
     if value.startswith("["):
         host, sep, port_text = value[1:].partition("]:")
+        if ":" not in host:
+            raise ValueError(f"brackets are for IPv6 addresses only, got {value!r}")
     else:
         host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     port = int(port_text)
     if not (allow_zero_port and port == 0):

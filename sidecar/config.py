@@ -224,10 +224,10 @@ class RouteConfig(_Model):
 class SidecarConfig(_Model):
     """The whole configuration of one sidecar."""
 
-    listener: ListenerConfig = Field(default_factory=ListenerConfig)  # type: ignore[arg-type]
-    admin: AdminConfig = Field(default_factory=AdminConfig)  # type: ignore[arg-type]
+    listener: ListenerConfig = Field(default_factory=ListenerConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    cluster_defaults: ClusterSettings = Field(default_factory=ClusterSettings)  # type: ignore[arg-type]
+    cluster_defaults: ClusterSettings = Field(default_factory=ClusterSettings)
     clusters: tuple[ClusterConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
 

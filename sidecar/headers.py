@@ -49,7 +49,7 @@ _REQUEST_OWNED = HOP_BY_HOP | {
 _RESPONSE_OWNED = HOP_BY_HOP | {b"content-length", b"x-request-id", b"via"}
 
 VIA_PSEUDONYM = b"sidecar"
-_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 _random = random.Random(os.urandom(16))
 _getrandbits = _random.getrandbits
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -64,7 +64,7 @@ def new_request_id() -> bytes:
 
 def valid_request_id(value: str | None) -> bool:
     """A client's X-Request-Id is kept only if short and printable (no spaces, no controls)."""
-    return value is not None and _REQUEST_ID.fullmatch(value.encode("latin-1", "replace")) is not None
+    return value is not None and _REQUEST_ID.fullmatch(value) is not None
 
 
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:

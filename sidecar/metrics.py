@@ -100,7 +100,8 @@ class Metrics(Collector):
                 if stats.codes[i]:
                     requests.add_metric([route, cluster, name], stats.codes[i])
             cumulative, buckets = 0, []
-            for bound, count in zip((*DURATION_BUCKETS, float("inf")), stats.buckets):
+            for bound, count in zip((*DURATION_BUCKETS, float("inf")), stats.buckets,
+                                    strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             duration.add_metric([route, cluster], buckets, stats.total_seconds)

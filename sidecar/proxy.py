@@ -98,7 +98,7 @@ class ProxyResponse(web.StreamResponse):
                 writer.enable_chunking()
             else:
                 writer.length = self._length
-        writer._headers_buf = self._head  # what writer.write_headers() would store
+        writer._headers_buf = self._head  # type: ignore[attr-defined]  # = write_headers()
         if self._send_headers_immediately:
             writer.send_headers()
         return writer
@@ -202,7 +202,8 @@ class Proxy:
         metrics.active_requests += 1
         headers = request.headers
         incoming_id = headers.get("X-Request-Id")
-        request_id = incoming_id if valid_request_id(incoming_id) else new_request_id().decode()
+        request_id = (incoming_id if incoming_id is not None and valid_request_id(incoming_id)
+                      else new_request_id().decode())
         version = b"1.1" if request.version[1] == 1 else b"1.0"
         route_name = cluster_name = ""
         status = 500

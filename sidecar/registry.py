@@ -14,6 +14,7 @@ Every mutating call validates everything first and changes nothing on error.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import json
 import logging
@@ -43,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger("sidecar.registry")
 _NAME = re.compile(NAME_PATTERN)
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9_\[\]][A-Za-z0-9_.:\[\]\-]{0,127}")
 _MAX_LABEL_KEY, _MAX_LABEL_VALUE, _MAX_LABELS = 63, 255, 64
 
 
@@ -200,7 +202,8 @@ class Registry:
                     out.append(endpoint.info())
         return out
 
-    def snapshot(self, cluster: str | None = None) -> tuple[list[EndpointInfo], ConfigInfo | None, int]:
+    def snapshot(self, cluster: str | None = None
+                 ) -> tuple[builtins.list[EndpointInfo], ConfigInfo | None, int]:
         return self.list(cluster), self.config_info, self._sequence
 
     def _find(self, cluster: str, endpoint_id: str) -> Endpoint:
@@ -281,21 +284,23 @@ class Registry:
         self._defaults = config.cluster_defaults
         now = self._clock.now()
         wanted = {c.name: c for c in config.clusters}
+        admin_changed = False
         # Clusters no longer declared: drop CONFIG endpoints, keep ADMIN ones as dynamic.
         for name, members in list(self.clusters.items()):
             if name in wanted:
                 continue
+            members.declared = False  # so removing its last endpoint removes the cluster
+            members.settings = self._defaults
             for endpoint in [e for e in members.endpoints.values()
                              if e.source is EndpointSource.CONFIG]:
                 self._remove(endpoint, "removed from config")
-            if name in self.clusters:
-                members.declared = False
-                members.settings = self._defaults
+            if not members.endpoints:
+                self.clusters.pop(name, None)
         for name, cluster in wanted.items():
-            members = self.clusters.get(name)
-            if members is None:
-                members = ClusterMembers(name, cluster, declared=True)
-                self.clusters[name] = members
+            found = self.clusters.get(name)
+            if found is None:
+                found = self.clusters[name] = ClusterMembers(name, cluster, declared=True)
+            members = found
             members.declared = True
             members.settings = cluster
             declared = {e.endpoint_id: e for e in cluster.endpoints}
@@ -307,6 +312,7 @@ class Registry:
                         self._remove(endpoint, "removed from config")
                 elif endpoint.id in declared or endpoint.address in declared_urls:
                     self._remove(endpoint, "replaced by an endpoint from config")
+                    admin_changed = True
             for endpoint_id, spec in declared.items():
                 current = members.endpoints.get(endpoint_id)
                 if current is not None:
@@ -320,7 +326,10 @@ class Registry:
                 self._emit(EventKind.ENDPOINT_ADDED, endpoint=endpoint.info(), reason="config")
             members.rebuild()
         self.config_info = info
-        self._save_state()
+        if admin_changed:
+            # Only then: at start-up, before load_state(), saving would wipe the
+            # registrations of the previous run.
+            self._save_state()
         self._emit(EventKind.CONFIG_LOADED, config=info)
 
     # ------------------------------------------------------------ state file
@@ -373,7 +382,7 @@ def _validate(cluster: str, url: str, endpoint_id: str, weight: int,
               labels: Mapping[str, str] | None) -> tuple[UpstreamAddress, str, dict[str, str]]:
     if not cluster:
         raise InvalidEndpoint("cluster is required")
-    if not _NAME.match(cluster):
+    if not _NAME.fullmatch(cluster):
         raise InvalidEndpoint(f"invalid cluster name {cluster!r}: use letters, digits, "
                               "'_', '.', '-' (at most 63)")
     try:
@@ -381,7 +390,7 @@ def _validate(cluster: str, url: str, endpoint_id: str, weight: int,
     except ValueError as exc:
         raise InvalidEndpoint(f"url: {exc}") from None
     endpoint_id = endpoint_id or address.host_port
-    if not re.match(r"^[A-Za-z0-9_\[\]][A-Za-z0-9_.:\[\]\-]{0,127}$", endpoint_id):
+    if not _ENDPOINT_ID.fullmatch(endpoint_id):
         raise InvalidEndpoint(f"invalid endpoint id {endpoint_id!r}")
     if not 1 <= weight <= 1000:
         raise InvalidEndpoint(f"weight {weight} is out of range 1-1000")

@@ -16,7 +16,8 @@ Matching rules:
 * The earlier design's addressing, `{orchestrator_prefix}{cluster}/{path}`, is a
   built-in route (named "orchestrator") that competes by the same rules with
   prefix length of `orchestrator_prefix`; a declared route with a longer prefix
-  wins. The cluster named in the path must exist, or the answer is 404.
+  wins. If the cluster named in the path does not exist, the built-in route does
+  not match and routing goes on to shorter prefixes (404 if none matches).
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class RouteTable:
             if i != -1 and i < end:
                 end = i
         cluster = rest[:end]
-        if not cluster or not _CLUSTER_NAME.match(cluster) or not self._cluster_exists(cluster):
+        if not cluster or not _CLUSTER_NAME.fullmatch(cluster) or not self._cluster_exists(cluster):
             return None
         upstream = rest[end:]
         if not upstream.startswith("/"):

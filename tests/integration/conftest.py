@@ -62,7 +62,8 @@ def echo_app(seen: Seen, name: str = "echo") -> web.Application:
 async def start_upstream() -> AsyncIterator[Callable[..., Awaitable[tuple[TestServer, Seen]]]]:
     servers: list[TestServer] = []
 
-    async def start(app: web.Application | None = None, name: str = "echo") -> tuple[TestServer, Seen]:
+    async def start(app: web.Application | None = None,
+                    name: str = "echo") -> tuple[TestServer, Seen]:
         seen = Seen()
         server = TestServer(app or echo_app(seen, name), host="127.0.0.1")
         await server.start_server()

@@ -137,9 +137,6 @@ def test_parse_host_port_rejects(value: str) -> None:
         parse_host_port(value, allow_zero_port=True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: addresses.py:485 uses str.isdigit, which accepts "
-                   "non-ASCII digits (int() then converts them), and :482 accepts any host "
-                   "inside brackets, not only IPv6 literals")
 @pytest.mark.parametrize("value", ["localhost:\u0668\u0660", "[::1]:\uff18\uff10",
                                    "[localhost]:80", "[10.0.0.1]:80"])
 def test_parse_host_port_rejects_loose_forms(value: str) -> None:

@@ -189,8 +189,6 @@ def test_boundaries_that_are_valid(registry: Registry) -> None:
     assert len(registry.list()) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: registry.py:376 and :384 use re.match with '$', "
-                   "which also matches before a trailing newline")
 @pytest.mark.parametrize(("cluster_name", "endpoint_id"), [("web\n", ""), ("web", "id\n")])
 def test_trailing_newline_in_names_is_rejected(registry: Registry, cluster_name: str,
                                                endpoint_id: str) -> None:
@@ -523,10 +521,6 @@ def test_cluster_removed_from_config_keeps_its_admin_endpoints(registry: Registr
     assert "web" not in registry.clusters
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: registry.py:288-293 removes the CONFIG endpoints "
-                   "while members.declared is still True, so _remove never deletes the emptied "
-                   "cluster; it lingers undeclared and empty (orchestrator route and metrics "
-                   "still see it)")
 def test_cluster_removed_from_config_without_admin_endpoints_is_gone(registry: Registry) -> None:
     apply(registry, config(cluster("web", "http://h:1"), cluster("empty")))
     apply(registry, config(), "v2")
@@ -591,10 +585,6 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     assert comparable(second) == comparable(first)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: registry.py:323 apply_config calls _save_state, "
-                   "which overwrites the state file with the (still empty) ADMIN set before "
-                   "load_state reads it; app.py:103-104 calls apply_config then load_state, so "
-                   "registrations never survive a restart")
 def test_state_file_survives_restart_in_app_order(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     cfg = config(cluster("web", "http://h:1"))
