@@ -31,6 +31,7 @@ from aiohttp.web_request import BaseRequest
 
 from .balancer import Balancer, make_balancer
 from .config import SidecarConfig
+from .deadlines import DeadlineWheel
 from .errors import (
     BadRequest,
     MethodNotAllowed,
@@ -53,6 +54,8 @@ __all__ = ["DataPlaneState", "Proxy", "ProxyResponse", "error_response"]
 # Bodies up to this size are read whole before forwarding: one write upstream, and
 # an idempotent request stays replayable on a stale pooled connection.
 BUFFER_REQUEST_BODY = 64 * 1024
+# Responses of known length up to this size are gathered and sent in one write.
+BUFFER_RESPONSE_BODY = 256 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _UPSTREAM_ERROR_KIND: dict[type[ProxyError], str] = {
     UpstreamConnectError: "connect",
@@ -169,11 +172,13 @@ class Proxy:
         self._proto = proto
         self._clock = clock or time.monotonic
         self._pools: dict[tuple[str, str], UpstreamPool] = {}
+        self._deadlines = DeadlineWheel(asyncio.get_running_loop())
 
     def swap_state(self, state: DataPlaneState) -> None:
         self.state = state
 
     def close(self) -> None:
+        self._deadlines.close()
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
@@ -299,20 +304,24 @@ class Proxy:
             request_id=request_id.encode(), framing=framing, via_version=b"1." + version[2:])
         head_request = method == "HEAD"
         endpoint.active_requests += 1
+        deadline = self._deadlines.add(route_timeout or settings.timeout)
         try:
-            async with asyncio.timeout(route_timeout or settings.timeout):
-                upstream = await pool.request(
-                    head, body, chunked=chunked, head_request=head_request,
-                    retry_stale=method in _IDEMPOTENT and not isinstance(body, AsyncIterator))
-                try:
-                    return await self._respond(request, upstream, request_id, version,
-                                               cluster_name)
-                except BaseException:
-                    upstream.abort()
-                    raise
-        except TimeoutError:
-            raise UpstreamTimeout() from None
+            upstream = await pool.request(
+                head, body, chunked=chunked, head_request=head_request,
+                retry_stale=method in _IDEMPOTENT and not isinstance(body, AsyncIterator))
+            try:
+                return await self._respond(request, upstream, request_id, version,
+                                           cluster_name)
+            except BaseException:
+                upstream.abort()
+                raise
+        except asyncio.CancelledError:
+            # Our deadline, and nobody else's cancellation pending: a timeout.
+            if deadline.expired and deadline.task.uncancel() == 0:
+                raise UpstreamTimeout() from None
+            raise
         finally:
+            self._deadlines.remove(deadline)
             endpoint.active_requests -= 1
 
     async def _respond(self, request: BaseRequest, upstream: UpstreamResponse, request_id: str,
@@ -320,8 +329,19 @@ class Proxy:
         status = upstream.status
         keep_alive = request.keep_alive and not request._message.upgrade
         no_body = request.method == "HEAD" or status in (204, 304) or status < 200
-        if upstream.complete:
+        length = upstream.content_length
+        if not upstream.complete and length is not None and length <= BUFFER_RESPONSE_BODY:
+            # Known and small: gather it, then send head and body in one write.
+            # Fewer writes beat earlier bytes at this size (measured in bench/).
+            parts = []
+            while chunk := await upstream.read():
+                parts.append(chunk)
+            body = b"".join(parts)
+        elif upstream.complete:
             body = upstream.body()
+        else:
+            body = None
+        if body is not None:
             upstream.release()
             framing = b"" if no_body else b"Content-Length: %d\r\n" % len(body)
             if not keep_alive:
@@ -333,7 +353,6 @@ class Proxy:
                                        keep_content_length=no_body)
             return ProxyResponse(status, head, length=len(body), chunked=False, body=body,
                                  keep_alive=keep_alive)
-        length = upstream.content_length
         chunked = length is None and version == b"1.1"
         if length is None and not chunked:
             keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
@@ -351,7 +370,7 @@ class Proxy:
         try:
             while chunk := await upstream.read():
                 await response.write(chunk)
-        except (ProxyError, ConnectionError, asyncio.CancelledError, TimeoutError) as exc:
+        except (ProxyError, ConnectionError, asyncio.CancelledError) as exc:
             # The response has started: the only honest signal left is to cut the
             # connection, so the client never takes a truncated body as complete.
             upstream.abort()
