@@ -51,10 +51,11 @@ class ConfigSource:
     ext_vars: dict[str, str] = field(default_factory=dict)
     jpath: list[str] = field(default_factory=list)
     overrides: Callable[[dict[str, Any]], dict[str, Any]] = lambda d: d
+    label: str = "<flags>"
 
     @property
     def name(self) -> str:
-        return self.path or "<flags>"
+        return self.path or self.label
 
     def load(self) -> SidecarConfig:
         """Render, override, validate. Raises ConfigError naming the file and field."""
@@ -296,7 +297,7 @@ async def _run(args: argparse.Namespace) -> int:
         site = web.TCPSite(demo_runner, "127.0.0.1", 0)
         await site.start()
         source = ConfigSource(data=demo_config(f"http://127.0.0.1:{_bound_port(site._server)}"),
-                              overrides=overrides)
+                              overrides=overrides, label="<embedded>")
     try:
         config = source.load()
     except ConfigError as exc:

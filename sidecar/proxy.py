@@ -114,6 +114,13 @@ class ProxyResponse(web.StreamResponse):
         await super().write_eof(data)
 
 
+def _connection_field(keep_alive: bool, version: bytes) -> bytes:
+    """Say what happens to the client connection when HTTP's default would be wrong."""
+    if not keep_alive:
+        return b"Connection: close\r\n"
+    return b"Connection: keep-alive\r\n" if version == b"1.0" else b""
+
+
 def error_response(error: ProxyError, request_id: str, version: bytes = b"1.1",
                    *, keep_alive: bool = True, extra_headers: bytes = b"") -> ProxyResponse:
     """The JSON error body every sidecar-made error uses; never a library's message."""
@@ -121,9 +128,7 @@ def error_response(error: ProxyError, request_id: str, version: bytes = b"1.1",
                                  "request_id": request_id}}, separators=(",", ":")).encode()
     if isinstance(error, MethodNotAllowed):
         extra_headers += b"Allow: " + ", ".join(error.allowed).encode() + b"\r\n"
-    framing = b"Content-Length: %d\r\n" % len(body)
-    if not keep_alive:
-        framing += b"Connection: close\r\n"
+    framing = b"Content-Length: %d\r\n" % len(body) + _connection_field(keep_alive, version)
     head = build_response_head(version, error.status, b"", (
         (b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")),
         framing=extra_headers + framing, request_id=request_id.encode())
@@ -343,11 +348,8 @@ class Proxy:
             body = None
         if body is not None:
             upstream.release()
-            framing = b"" if no_body else b"Content-Length: %d\r\n" % len(body)
-            if not keep_alive:
-                framing += b"Connection: close\r\n"
-            elif version == b"1.0":
-                framing += b"Connection: keep-alive\r\n"
+            framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body))
+                       + _connection_field(keep_alive, version))
             head = build_response_head(version, status, upstream.reason, upstream.headers,
                                        framing=framing, request_id=request_id.encode(),
                                        keep_content_length=no_body)
@@ -356,12 +358,8 @@ class Proxy:
         chunked = length is None and version == b"1.1"
         if length is None and not chunked:
             keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
-        framing = (b"Content-Length: %d\r\n" % length if length is not None
-                   else _CHUNKED if chunked else b"")
-        if not keep_alive:
-            framing += b"Connection: close\r\n"
-        elif version == b"1.0":
-            framing += b"Connection: keep-alive\r\n"
+        framing = ((b"Content-Length: %d\r\n" % length if length is not None
+                    else _CHUNKED if chunked else b"") + _connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
                                    framing=framing, request_id=request_id.encode())
         response = ProxyResponse(status, head, length=length, chunked=chunked,
