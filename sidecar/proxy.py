@@ -44,6 +44,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .headers import build_request_head, build_response_head, new_request_id, valid_request_id
+from .logs import access_logger
 from .metrics import Metrics
 from .registry import Endpoint, Registry
 from .routing import RouteTable, normalize_path
@@ -174,13 +175,23 @@ class Proxy:
         self.registry = registry
         self.metrics = metrics
         self.state = state
+        self.access_log = state.config.logging.access_log
         self._proto = proto
         self._clock = clock or time.monotonic
         self._pools: dict[tuple[str, str], UpstreamPool] = {}
         self._deadlines = DeadlineWheel(asyncio.get_running_loop())
 
     def swap_state(self, state: DataPlaneState) -> None:
+        """Serve a new configuration; requests in flight keep the state they started with."""
         self.state = state
+        self.access_log = state.config.logging.access_log
+        for (cluster, _), pool in self._pools.items():
+            members = self.registry.clusters.get(cluster)
+            if members is not None:
+                settings = members.settings
+                pool.configure(connect_timeout=settings.connect_timeout,
+                               max_idle=settings.max_idle_connections,
+                               idle_timeout=settings.idle_timeout)
 
     def close(self) -> None:
         self._deadlines.close()
@@ -253,7 +264,14 @@ class Proxy:
             raise
         finally:
             metrics.active_requests -= 1
-            metrics.stats(route_name, cluster_name).observe(status, self._clock() - start)
+            elapsed = self._clock() - start
+            metrics.stats(route_name, cluster_name).observe(status, elapsed)
+            if self.access_log:
+                access_logger.info("request", extra={
+                    "request_id": request_id, "client": request.remote,
+                    "method": request.method, "path": request.raw_path, "status": status,
+                    "duration_seconds": round(elapsed, 6), "route": route_name,
+                    "cluster": cluster_name})
 
     @staticmethod
     def _origin_form(target: str) -> str:
@@ -304,7 +322,8 @@ class Proxy:
         head = build_request_head(
             _METHODS.get(method) or method.encode(), target.encode("utf-8", "surrogateescape"),
             request.raw_headers,
-            host=None if settings.preserve_host else endpoint.address.authority.encode(),
+            host=(None if settings.preserve_host and "Host" in request.headers
+                  else endpoint.address.authority.encode()),
             client=(request.remote or "").encode(), proto=self._proto,
             request_id=request_id.encode(), framing=framing, via_version=b"1." + version[2:])
         head_request = method == "HEAD"

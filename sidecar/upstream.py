@@ -63,6 +63,13 @@ class UpstreamPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
 
+    def configure(self, *, connect_timeout: float, max_idle: int, idle_timeout: float) -> None:
+        """New cluster settings (a config reload): used from the next connect, release or
+        sweep on; connections open now are kept."""
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle
+        self._idle_timeout = idle_timeout
+
     @property
     def idle_count(self) -> int:
         return len(self._idle)

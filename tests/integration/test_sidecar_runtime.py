@@ -12,7 +12,7 @@ from aiohttp import web
 
 from sidecar.errors import ConfigError
 
-from .conftest import base_url, url_of
+from .conftest import base_url, raw_request, url_of
 
 
 async def test_registered_endpoint_takes_traffic_and_deregistered_gets_none(
@@ -173,3 +173,74 @@ async def test_drain_finishes_in_flight_request_and_stops_accepting(start_upstre
     await asyncio.wait_for(stopping, 10)
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", sidecar.ports["listener"])
+
+
+async def test_access_log_is_opt_in_and_structured(start_upstream, start_sidecar, client,
+                                                   caplog):
+    server, _ = await start_upstream()
+    quiet = await start_sidecar({
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(server)}]}],
+        "routes": [{"name": "all", "prefix": "/", "cluster": "app"}]})
+    loud = await start_sidecar({
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(server)}]}],
+        "routes": [{"name": "all", "prefix": "/", "cluster": "app"}],
+        "logging": {"access_log": True}})
+    caplog.set_level("INFO", logger="sidecar.access")
+    async with client.get(base_url(quiet) + "/q") as resp:
+        await resp.read()
+    assert [r for r in caplog.records if r.name == "sidecar.access"] == []
+    async with client.get(base_url(loud) + "/p?x=1") as resp:
+        request_id = resp.headers["X-Request-Id"]
+        await resp.read()
+    (record,) = [r for r in caplog.records if r.name == "sidecar.access"]
+    assert record.request_id == request_id
+    assert (record.method, record.path, record.status) == ("GET", "/p?x=1", 200)
+    assert (record.route, record.cluster) == ("all", "app")
+    assert record.duration_seconds >= 0
+
+
+async def test_file_change_reloads_config(start_upstream, start_sidecar, client, tmp_path):
+    a, _ = await start_upstream(name="a")
+    b, _ = await start_upstream(name="b")
+    path = tmp_path / "sidecar.json"
+
+    def config(cluster: str, connect_timeout: float) -> str:
+        return json.dumps({
+            "listener": {"address": "127.0.0.1:0"},
+            "admin": {"grpc_address": "127.0.0.1:0", "http_address": "127.0.0.1:0"},
+            "clusters": [{"name": "a", "endpoints": [{"url": url_of(a)}],
+                          "connect_timeout": connect_timeout},
+                         {"name": "b", "endpoints": [{"url": url_of(b)}]}],
+            "routes": [{"prefix": "/", "cluster": cluster}]})
+
+    path.write_text(config("a", 1.0))
+    sidecar = await start_sidecar({}, path=str(path))
+    async with client.get(base_url(sidecar) + "/") as resp:
+        assert (await resp.json())["server"] == "a"
+    loaded = asyncio.Event()
+    sidecar.registry.subscribe(lambda event: event.kind.value == "config_loaded" and loaded.set())
+    sidecar.start_background(watch=True)
+    # The watcher has no "ready" signal: rewrite the file until a reload is seen.
+    for _ in range(40):
+        path.write_text(config("b", 2.5))
+        try:
+            await asyncio.wait_for(loaded.wait(), 0.5)
+            break
+        except TimeoutError:
+            continue
+    assert loaded.is_set()
+    async with client.get(base_url(sidecar) + "/") as resp:
+        assert (await resp.json())["server"] == "b"
+    pool = sidecar.registry.clusters["a"].routable[0].pool
+    assert pool._connect_timeout == 2.5  # new cluster settings reach open pools
+
+
+async def test_http10_client_without_host_gets_the_endpoint_host(start_upstream, start_sidecar):
+    server, seen = await start_upstream()
+    sidecar = await start_sidecar({
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(server)}]}],
+        "routes": [{"prefix": "/", "cluster": "app"}]})
+    reply = await raw_request(sidecar.ports["listener"], b"GET /h HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 200")
+    hosts = [v for n, v in seen.requests[0]["headers"] if n.lower() == b"host"]
+    assert hosts == [f"127.0.0.1:{server.port}".encode()]

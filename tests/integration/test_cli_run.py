@@ -1,0 +1,150 @@
+"""`sidecar run` as a real process: signals, reloads, the demo, quick mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from .conftest import url_of
+
+EPHEMERAL = ["--listen", "127.0.0.1:0", "--admin-grpc", "127.0.0.1:0",
+             "--admin-http", "127.0.0.1:0"]
+
+
+class SidecarProcess:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.ports: dict[str, int] = {}
+
+    async def log_line(self, message: str, timeout: float = 15) -> dict[str, Any]:
+        """Read stderr until a JSON log line with this message."""
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.proc.stderr.readline()
+                if not line:
+                    raise AssertionError(f"process ended before logging {message!r}")
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("message") == message:
+                    return entry
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['listener']}"
+
+
+@pytest.fixture
+async def run_sidecar() -> AsyncIterator[Any]:
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str) -> SidecarProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "run", *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        procs.append(proc)
+        sidecar = SidecarProcess(proc)
+        serving = await sidecar.log_line("sidecar serving")
+        sidecar.ports = {k: serving[k] for k in ("listener", "admin_grpc", "admin_http")}
+        return sidecar
+
+    yield start
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def write_config(path: Path, cluster_url: str, prefix: str = "/") -> None:
+    path.write_text(json.dumps({
+        "listener": {"address": "127.0.0.1:0"},
+        "admin": {"grpc_address": "127.0.0.1:0", "http_address": "127.0.0.1:0"},
+        "clusters": [{"name": "app", "endpoints": [{"url": cluster_url}]}],
+        "routes": [{"prefix": prefix, "cluster": "app"}]}))
+
+
+async def test_sighup_reloads_and_a_bad_file_keeps_the_serving_config(
+        start_upstream, run_sidecar, client, tmp_path):
+    server, _ = await start_upstream()
+    path = tmp_path / "sidecar.json"
+    write_config(path, url_of(server), prefix="/v1")
+    sidecar = await run_sidecar("--config", str(path), "--no-watch")
+    async with client.get(sidecar.url + "/v2/x") as resp:
+        assert resp.status == 404
+
+    write_config(path, url_of(server), prefix="/v2")
+    sidecar.proc.send_signal(signal.SIGHUP)
+    loaded = await sidecar.log_line("config loaded")
+    assert loaded["reason"] == "SIGHUP"
+    async with client.get(sidecar.url + "/v2/x") as resp:
+        assert resp.status == 200
+
+    path.write_text('{"clusters": [{"name": "app", "endpoints": [{"url": "ftp://x"}]}]}')
+    sidecar.proc.send_signal(signal.SIGHUP)
+    rejected = await sidecar.log_line("config rejected, keeping the serving config")
+    assert rejected["source"] == str(path)
+    assert any("clusters[0].endpoints[0].url" in issue for issue in rejected["issues"])
+    async with client.get(sidecar.url + "/v2/x") as resp:
+        assert resp.status == 200
+
+
+async def test_sigterm_drains_in_flight_requests_then_exits_zero(start_upstream, run_sidecar,
+                                                                 client):
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="drained")
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    server, _ = await start_upstream(app)
+    sidecar = await run_sidecar("--upstream", url_of(server), *EPHEMERAL)
+
+    async def call() -> tuple[int, str]:
+        async with client.get(sidecar.url + "/") as resp:
+            return resp.status, await resp.text()
+
+    task = asyncio.ensure_future(call())
+    await asyncio.wait_for(arrived.wait(), 10)
+    sidecar.proc.send_signal(signal.SIGTERM)
+    await sidecar.log_line("draining")
+    async with aiohttp.ClientSession() as other:  # /ready says so while draining
+        async with other.get(f"http://127.0.0.1:{sidecar.ports['admin_http']}/ready") as resp:
+            assert resp.status == 503
+    release.set()
+    assert await asyncio.wait_for(task, 10) == (200, "drained")
+    assert await asyncio.wait_for(sidecar.proc.wait(), 15) == 0
+
+
+async def test_embedded_demo_answers_through_the_sidecar(run_sidecar, client):
+    sidecar = await run_sidecar(*EPHEMERAL)
+    async with client.get(sidecar.url + "/api/users?id=7") as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["service"] == "demo-backend"
+    assert body["path"] == "/v1/users?id=7"
+    assert body["headers"]["Via"] == "1.1 sidecar"
+
+
+async def test_bad_config_file_exits_1_naming_file_and_field(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"routes": [{"prefix": "/", "cluster": "missing"}]}')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "run", "--config", str(path), *EPHEMERAL,
+        stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert f"{path}: routes[0].cluster: unknown cluster 'missing'" in stderr.decode()
