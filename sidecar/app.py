@@ -197,7 +197,7 @@ class Sidecar:
                                  "issues": [str(i) for i in exc.issues]})
                 raise
             if config_version(config) == config_version(self.config):
-                log.info("config unchanged", extra={"reason": reason})
+                log.debug("config unchanged", extra={"reason": reason})
                 return config
             self._apply(config, reason)
             return config
@@ -220,15 +220,22 @@ class Sidecar:
                                          "version": config_version(config)[:12]})
 
     async def watch_config(self) -> None:
-        """Reload when the config file (or anything in its directory) changes."""
+        """Reload when anything changes in the config file's directory or a -J directory.
+
+        Not recursive (a config beside a virtualenv must not watch thousands of files),
+        and not filtered by name: a Kubernetes ConfigMap update is a rename of the
+        `..data` symlink, not a write to the file. A reload that renders the same
+        config is a no-op.
+        """
         if self.source.path is None:
             return
         import os
 
         from watchfiles import awatch
 
-        directory = os.path.dirname(os.path.abspath(self.source.path))
-        async for _changes in awatch(directory, debounce=200, recursive=True):
+        directories = {os.path.dirname(os.path.abspath(self.source.path))}
+        directories.update(os.path.abspath(d) for d in self.source.jpath if os.path.isdir(d))
+        async for _changes in awatch(*sorted(directories), debounce=200, recursive=False):
             with contextlib.suppress(ConfigError):
                 await self.reload("file changed")
 

@@ -44,7 +44,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .headers import build_request_head, build_response_head, new_request_id, valid_request_id
-from .logs import access_logger
+from .logs import access_logger, request_id_var
 from .metrics import Metrics
 from .registry import Endpoint, Registry
 from .routing import RouteTable, normalize_path
@@ -225,6 +225,7 @@ class Proxy:
         incoming_id = headers.get("X-Request-Id")
         request_id = (incoming_id if incoming_id is not None and valid_request_id(incoming_id)
                       else new_request_id().decode())
+        request_id_var.set(request_id)  # for any log line written while handling it
         version = b"1.1" if request.version[1] == 1 else b"1.0"
         route_name = cluster_name = ""
         status = 500
