@@ -67,6 +67,14 @@ def valid_request_id(value: str | None) -> bool:
     return value is not None and _REQUEST_ID.fullmatch(value) is not None
 
 
+_PERSISTENCE = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
+
+
+def _only_persistence(values: list[bytes]) -> bool:
+    """The common case, `Connection: keep-alive` or `close`, names no other field."""
+    return len(values) == 1 and values[0] in _PERSISTENCE
+
+
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """Lower-case field names listed in Connection header values."""
     tokens: set[bytes] = set()
@@ -111,7 +119,7 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
         append(_SEP)
         append(value)
         append(_CRLF)
-    if conn and owned is _REQUEST_OWNED:
+    if conn and owned is _REQUEST_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:  # rare: rebuild, dropping the fields Connection names as hop-by-hop
             return build_request_head(
@@ -164,7 +172,7 @@ def build_response_head(version: bytes, status: int, reason: bytes,
         append(_SEP)
         append(value)
         append(_CRLF)
-    if conn and owned is _RESPONSE_OWNED:
+    if conn and owned is _RESPONSE_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:
             return build_response_head(

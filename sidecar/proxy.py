@@ -245,7 +245,9 @@ class Proxy:
                 target = self._origin_form(target)
             if "/." in target:
                 target = normalize_path(target)
-            match = state.routes.match(_host_without_port(host), method, target)
+            routes = state.routes
+            match = routes.match(_host_without_port(host) if routes.uses_host else "", method,
+                                 target)
             route_name, cluster_name = match.route.name, match.cluster
             response = await self._forward(request, state, match.cluster,
                                            match.route.timeout, match.target, request_id,

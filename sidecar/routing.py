@@ -125,7 +125,8 @@ def normalize_path(target: str) -> str:
 class RouteTable:
     """Routes of one configuration, in match order."""
 
-    __slots__ = ("_routes", "_orchestrator", "_orchestrator_prefix", "_cluster_exists")
+    __slots__ = ("_routes", "_orchestrator", "_orchestrator_prefix", "_cluster_exists",
+                 "uses_host")
 
     def __init__(self, routes: Sequence[RouteConfig], orchestrator_prefix: str | None,
                  cluster_exists: Callable[[str], bool]) -> None:
@@ -138,6 +139,8 @@ class RouteTable:
                                        None, None, len(compiled))
             compiled.append(self._orchestrator)
         self._routes: tuple[Route, ...] = tuple(sorted(compiled, key=_specificity))
+        # When no route names a host, callers may skip normalizing the Host header.
+        self.uses_host = any(route.host is not None for route in compiled)
 
     @property
     def routes(self) -> tuple[Route, ...]:
