@@ -204,12 +204,15 @@ class Sidecar:
 
     def _apply(self, config: SidecarConfig, reason: str) -> None:
         old = self.config
-        for attr in ("address",):
-            if getattr(old.listener, attr) != getattr(config.listener, attr):
-                log.warning("listener.address changes need a restart; keeping the old one")
-        if old.admin.grpc_address != config.admin.grpc_address or \
-                old.admin.http_address != config.admin.http_address:
-            log.warning("admin addresses change only on restart")
+        restart_only = [name for name, before, after in (
+            ("listener.address", old.listener.address, config.listener.address),
+            ("admin.grpc_address", old.admin.grpc_address, config.admin.grpc_address),
+            ("admin.http_address", old.admin.http_address, config.admin.http_address),
+            ("admin.state_file", old.admin.state_file, config.admin.state_file),
+        ) if before != after]
+        if restart_only:
+            log.warning("these fields change only on restart; the running values stay",
+                        extra={"fields": restart_only})
         self.registry.apply_config(config, self._info(config))
         assert self.proxy is not None
         self.proxy.swap_state(DataPlaneState.build(config, self.registry))

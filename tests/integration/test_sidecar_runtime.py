@@ -244,3 +244,42 @@ async def test_http10_client_without_host_gets_the_endpoint_host(start_upstream,
     assert reply.startswith(b"HTTP/1.0 200")
     hosts = [v for n, v in seen.requests[0]["headers"] if n.lower() == b"host"]
     assert hosts == [f"127.0.0.1:{server.port}".encode()]
+
+
+async def test_nothing_lost_while_endpoints_and_config_churn(start_upstream, start_sidecar,
+                                                             client, tmp_path):
+    """Registrations, deregistrations and reloads under load never fail a request that
+    a healthy endpoint could serve."""
+    a, _ = await start_upstream(name="a")
+    b, _ = await start_upstream(name="b")
+    path = tmp_path / "sidecar.json"
+
+    def write(timeout: str) -> None:
+        path.write_text(json.dumps({
+            "listener": {"address": "127.0.0.1:0"},
+            "admin": {"grpc_address": "127.0.0.1:0", "http_address": "127.0.0.1:0"},
+            "clusters": [{"name": "app", "endpoints": [{"url": url_of(a), "id": "a"}],
+                          "timeout": timeout}],
+            "routes": [{"prefix": "/", "cluster": "app"}]}))
+
+    write("5s")
+    sidecar = await start_sidecar({}, path=str(path))
+    statuses: list[int] = []
+
+    async def load() -> None:
+        for _ in range(40):
+            async with client.post(base_url(sidecar) + "/x", data=b"payload") as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+    async def churn() -> None:
+        for i in range(30):
+            sidecar.registry.register("app", url_of(b), endpoint_id="b")
+            await asyncio.sleep(0)
+            write("6s" if i % 2 else "5s")
+            await sidecar.reload("test")
+            sidecar.registry.deregister("app", "b")
+            await asyncio.sleep(0)
+
+    await asyncio.gather(churn(), *(load() for _ in range(8)))
+    assert statuses == [200] * 320
