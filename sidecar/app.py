@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -232,8 +233,6 @@ class Sidecar:
         """
         if self.source.path is None:
             return
-        import os
-
         from watchfiles import awatch
 
         directories = {os.path.dirname(os.path.abspath(self.source.path))}
@@ -245,8 +244,15 @@ class Sidecar:
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self.state == "draining":  # a second signal: the operator will not wait
+            log.warning("second stop signal during drain: exiting now", extra={"signal": sig.name})
+            logging.shutdown()
+            os._exit(128 + sig.value)
+        asyncio.ensure_future(self.stop())
 
     def _on_sighup(self) -> None:
         task = asyncio.ensure_future(self.reload("SIGHUP"))

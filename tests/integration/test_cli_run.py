@@ -148,3 +148,33 @@ async def test_bad_config_file_exits_1_naming_file_and_field(tmp_path):
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert f"{path}: routes[0].cluster: unknown cluster 'missing'" in stderr.decode()
+
+
+async def test_second_signal_during_drain_exits_at_once(start_upstream, run_sidecar, client):
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def stuck(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/", stuck)
+    server, _ = await start_upstream(app)
+    sidecar = await run_sidecar("--upstream", url_of(server), *EPHEMERAL)
+
+    async def call() -> None:
+        try:
+            async with client.get(sidecar.url + "/") as resp:
+                await resp.read()
+        except aiohttp.ClientError:
+            pass  # cut off by the forced exit, as asked
+
+    task = asyncio.ensure_future(call())
+    await asyncio.wait_for(arrived.wait(), 10)
+    sidecar.proc.send_signal(signal.SIGTERM)
+    await sidecar.log_line("draining")
+    sidecar.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(sidecar.proc.wait(), 10) == 128 + signal.SIGTERM
+    release.set()
+    await asyncio.wait_for(task, 10)
