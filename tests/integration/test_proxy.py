@@ -314,3 +314,22 @@ async def test_response_headers_are_not_invented(start_sidecar):
     assert b"content-type" not in names and b"server" not in names
     assert b"x-hop" not in names
     assert b"content-encoding" in names
+
+
+async def test_host_routes_beat_host_less_ones(start_upstream, start_sidecar, client):
+    api, _ = await start_upstream(name="api")
+    www, _ = await start_upstream(name="www")
+    tenant, _ = await start_upstream(name="tenant")
+    sidecar = await start_sidecar({
+        "clusters": [{"name": "api", "endpoints": [{"url": url_of(api)}]},
+                     {"name": "www", "endpoints": [{"url": url_of(www)}]},
+                     {"name": "tenant", "endpoints": [{"url": url_of(tenant)}]}],
+        "routes": [{"name": "www", "prefix": "/", "cluster": "www"},
+                   {"name": "api", "prefix": "/", "host": "api.example.com", "cluster": "api"},
+                   {"name": "tenants", "prefix": "/", "host": "*.tenants.example.com",
+                    "cluster": "tenant"}]})
+    for host, expected in (("api.example.com", "api"), ("API.example.com:8000", "api"),
+                           ("a.tenants.example.com", "tenant"), ("example.com", "www"),
+                           ("tenants.example.com", "www")):
+        async with client.get(base_url(sidecar) + "/x", headers={"Host": host}) as resp:
+            assert (await resp.json())["server"] == expected, host
