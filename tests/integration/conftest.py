@@ -28,6 +28,25 @@ class Seen:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
+class Gate:
+    """An upstream whose GET / parks every request until `release` is set."""
+
+    def __init__(self, text: str = "done") -> None:
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self._text = text
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.arrived.set()
+        await self.release.wait()
+        return web.Response(text=self._text)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        return app
+
+
 def echo_app(seen: Seen, name: str = "echo") -> web.Application:
     async def echo(request: web.Request) -> web.StreamResponse:
         body = await request.read()

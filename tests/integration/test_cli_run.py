@@ -12,9 +12,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from .conftest import url_of
+from .conftest import Gate, url_of
 
 EPHEMERAL = ["--listen", "127.0.0.1:0", "--admin-grpc", "127.0.0.1:0",
              "--admin-http", "127.0.0.1:0"]
@@ -101,16 +100,8 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_serving_config(
 
 async def test_sigterm_drains_in_flight_requests_then_exits_zero(start_upstream, run_sidecar,
                                                                  client):
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response(text="drained")
-
-    app = web.Application()
-    app.router.add_get("/", slow)
-    server, _ = await start_upstream(app)
+    gate = Gate("drained")
+    server, _ = await start_upstream(gate.app())
     sidecar = await run_sidecar("--upstream", url_of(server), *EPHEMERAL)
 
     async def call() -> tuple[int, str]:
@@ -118,13 +109,13 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(start_upstream,
             return resp.status, await resp.text()
 
     task = asyncio.ensure_future(call())
-    await asyncio.wait_for(arrived.wait(), 10)
+    await asyncio.wait_for(gate.arrived.wait(), 10)
     sidecar.proc.send_signal(signal.SIGTERM)
     await sidecar.log_line("draining")
     async with aiohttp.ClientSession() as other:  # /ready says so while draining
         async with other.get(f"http://127.0.0.1:{sidecar.ports['admin_http']}/ready") as resp:
             assert resp.status == 503
-    release.set()
+    gate.release.set()
     assert await asyncio.wait_for(task, 10) == (200, "drained")
     assert await asyncio.wait_for(sidecar.proc.wait(), 15) == 0
 
@@ -151,16 +142,8 @@ async def test_bad_config_file_exits_1_naming_file_and_field(tmp_path):
 
 
 async def test_second_signal_during_drain_exits_at_once(start_upstream, run_sidecar, client):
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def stuck(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_get("/", stuck)
-    server, _ = await start_upstream(app)
+    gate = Gate()
+    server, _ = await start_upstream(gate.app())
     sidecar = await run_sidecar("--upstream", url_of(server), *EPHEMERAL)
 
     async def call() -> None:
@@ -171,10 +154,10 @@ async def test_second_signal_during_drain_exits_at_once(start_upstream, run_side
             pass  # cut off by the forced exit, as asked
 
     task = asyncio.ensure_future(call())
-    await asyncio.wait_for(arrived.wait(), 10)
+    await asyncio.wait_for(gate.arrived.wait(), 10)
     sidecar.proc.send_signal(signal.SIGTERM)
     await sidecar.log_line("draining")
     sidecar.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(sidecar.proc.wait(), 10) == 128 + signal.SIGTERM
-    release.set()
+    gate.release.set()
     await asyncio.wait_for(task, 10)

@@ -8,11 +8,10 @@ import shutil
 import subprocess
 
 import pytest
-from aiohttp import web
 
 from sidecar.errors import ConfigError
 
-from .conftest import base_url, raw_request, url_of
+from .conftest import Gate, base_url, raw_request, url_of
 
 
 async def test_registered_endpoint_takes_traffic_and_deregistered_gets_none(
@@ -48,16 +47,8 @@ async def test_dynamic_cluster_via_orchestrator_addressing(start_upstream, start
 
 async def test_in_flight_request_finishes_after_deregistration(start_upstream, start_sidecar,
                                                                client):
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response(text="done")
-
-    app = web.Application()
-    app.router.add_get("/", slow)
-    server, _ = await start_upstream(app)
+    gate = Gate("done")
+    server, _ = await start_upstream(gate.app())
     sidecar = await start_sidecar({"clusters": [{"name": "app"}],
                                    "routes": [{"prefix": "/", "cluster": "app"}]})
     sidecar.registry.register("app", url_of(server), endpoint_id="slow")
@@ -67,9 +58,9 @@ async def test_in_flight_request_finishes_after_deregistration(start_upstream, s
             return resp.status, await resp.text()
 
     task = asyncio.ensure_future(call())
-    await asyncio.wait_for(arrived.wait(), 5)
+    await asyncio.wait_for(gate.arrived.wait(), 5)
     sidecar.registry.deregister("app", "slow")
-    release.set()
+    gate.release.set()
     assert await asyncio.wait_for(task, 5) == (200, "done")
     async with client.get(base_url(sidecar) + "/") as resp:
         assert resp.status == 503
@@ -145,16 +136,8 @@ async def test_metrics_ready_and_live(start_upstream, start_sidecar, client):
 
 async def test_drain_finishes_in_flight_request_and_stops_accepting(start_upstream,
                                                                     start_sidecar, client):
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response(text="finished")
-
-    app = web.Application()
-    app.router.add_get("/", slow)
-    server, _ = await start_upstream(app)
+    gate = Gate("finished")
+    server, _ = await start_upstream(gate.app())
     sidecar = await start_sidecar({
         "clusters": [{"name": "app", "endpoints": [{"url": url_of(server)}]}],
         "routes": [{"prefix": "/", "cluster": "app"}]})
@@ -164,11 +147,11 @@ async def test_drain_finishes_in_flight_request_and_stops_accepting(start_upstre
             return resp.status, await resp.text()
 
     task = asyncio.ensure_future(call())
-    await asyncio.wait_for(arrived.wait(), 5)
+    await asyncio.wait_for(gate.arrived.wait(), 5)
     stopping = asyncio.ensure_future(sidecar.stop(drain_timeout=5))
     await asyncio.sleep(0)  # let stop() close the listening socket
     assert sidecar.readiness()[0] is False
-    release.set()
+    gate.release.set()
     assert await asyncio.wait_for(task, 5) == (200, "finished")
     await asyncio.wait_for(stopping, 10)
     with pytest.raises(OSError):
