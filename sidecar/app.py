@@ -61,13 +61,9 @@ class ConfigSource:
     def load(self) -> SidecarConfig:
         """Render, override, validate. Raises ConfigError naming the file and field."""
         if self.path is not None:
-            from .loader import render
+            from .loader import render_data
 
-            rendered = render(self.path, self.ext_vars, self.jpath)
-            try:
-                data = json.loads(rendered)
-            except ValueError as exc:
-                raise ConfigError(self.path, [ConfigIssue("", f"not JSON: {exc}")]) from None
+            data = render_data(self.path, self.ext_vars, self.jpath)
         else:
             data = json.loads(json.dumps(self.data or {}))
         if not isinstance(data, dict):

@@ -51,6 +51,7 @@ __all__ = [
     "RenderLimits",
     "load_config",
     "render",
+    "render_data",
 ]
 
 #: The bundled Jsonnet library (`sidecar.libsonnet`), always importable.
@@ -105,6 +106,14 @@ def render(path: str, ext_vars: Mapping[str, str] = _NO_VARS, jpath: Sequence[st
     validated beyond being JSON. Raises ConfigError.
     """
     return _render(path, ext_vars, jpath, limits)[0]
+
+
+def render_data(path: str, ext_vars: Mapping[str, str] = _NO_VARS, jpath: Sequence[str] = (),
+                *, limits: RenderLimits = DEFAULT_LIMITS) -> Any:
+    """The rendered file parsed as strict JSON (no duplicate keys, no NaN), not yet
+    validated: for callers that adjust the data before validating it (`sidecar run`
+    applies its flags). Raises ConfigError."""
+    return _render(path, ext_vars, jpath, limits)[1]
 
 
 def load_config(path: str, ext_vars: Mapping[str, str] = _NO_VARS, jpath: Sequence[str] = (),
