@@ -266,3 +266,26 @@ async def test_nothing_lost_while_endpoints_and_config_churn(start_upstream, sta
 
     await asyncio.gather(churn(), *(load() for _ in range(8)))
     assert statuses == [200] * 320
+
+
+async def test_client_gone_mid_request_frees_the_upstream_connection(start_upstream,
+                                                                     start_sidecar):
+    gate = Gate()
+    server, _ = await start_upstream(gate.app())
+    sidecar = await start_sidecar({
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(server)}]}],
+        "routes": [{"name": "all", "prefix": "/", "cluster": "app"}]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.ports["listener"])
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(gate.arrived.wait(), 5)
+    assert sidecar.metrics.active_requests == 1
+    writer.close()  # the client gives up
+    endpoint = sidecar.registry.clusters["app"].routable[0]
+    async with asyncio.timeout(5):
+        while sidecar.metrics.active_requests or endpoint.pool.active_count:
+            await asyncio.sleep(0.01)  # the cancellation travels through two event-loop turns
+    assert endpoint.active_requests == 0
+    stats = sidecar.metrics.stats("all", "app")
+    assert stats.codes[4] == 1  # recorded as 499, client closed request
+    gate.release.set()
