@@ -38,7 +38,9 @@ class DeadlineWheel:
 
     def add(self, timeout: float) -> Deadline:
         """Cancel the current task in `timeout` seconds unless removed before."""
-        task = asyncio.current_task()
+        # With the loop given, current_task() skips get_running_loop(), which costs a
+        # getpid() system call per call on Python 3.11.
+        task = asyncio.current_task(self._loop)
         assert task is not None
         now = self._loop.time()
         key = math.ceil((now + timeout) / self._tick)
