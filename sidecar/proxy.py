@@ -250,8 +250,8 @@ class Proxy:
                                  target)
             route_name, cluster_name = match.route.name, match.cluster
             response = await self._forward(request, state, match.cluster,
-                                           match.route.timeout, match.target, request_id,
-                                           version)
+                                           match.route.timeout, match.target,
+                                           request_id.encode(), version)
             status = getattr(response, "aborted_status", None) or response.status
             return response
         except ProxyError as error:
@@ -290,7 +290,7 @@ class Proxy:
         raise BadRequest("The request target must be an absolute path.")
 
     async def _forward(self, request: BaseRequest, state: DataPlaneState, cluster_name: str,
-                       route_timeout: float | None, target: str, request_id: str,
+                       route_timeout: float | None, target: str, rid: bytes,
                        version: bytes) -> web.StreamResponse:
         members = self.registry.clusters.get(cluster_name)
         if members is None:
@@ -328,7 +328,7 @@ class Proxy:
             host=(None if settings.preserve_host and "Host" in request.headers
                   else endpoint.address.authority.encode()),
             client=(request.remote or "").encode(), proto=self._proto,
-            request_id=request_id.encode(), framing=framing, via_version=b"1." + version[2:])
+            request_id=rid, framing=framing, via_version=b"1." + version[2:])
         head_request = method == "HEAD"
         endpoint.active_requests += 1
         deadline = self._deadlines.add(route_timeout or settings.timeout)
@@ -337,8 +337,9 @@ class Proxy:
                 head, body, chunked=chunked, head_request=head_request,
                 retry_stale=method in _IDEMPOTENT and not isinstance(body, AsyncIterator))
             try:
-                return await self._respond(request, upstream, request_id, version,
-                                           cluster_name)
+                if upstream.complete:  # the usual small response, already all here
+                    return self._whole(request, upstream, upstream.body(), rid, version)
+                return await self._respond(request, upstream, rid, version, cluster_name)
             except BaseException:
                 upstream.abort()
                 raise
@@ -351,40 +352,41 @@ class Proxy:
             self._deadlines.remove(deadline)
             endpoint.active_requests -= 1
 
-    async def _respond(self, request: BaseRequest, upstream: UpstreamResponse, request_id: str,
-                       version: bytes, cluster_name: str) -> web.StreamResponse:
+    @staticmethod
+    def _whole(request: BaseRequest, upstream: UpstreamResponse, body: bytes, rid: bytes,
+               version: bytes) -> ProxyResponse:
+        """The response with its whole body: head and body go out in one write."""
+        upstream.release()
         status = upstream.status
         keep_alive = request.keep_alive and not request._message.upgrade
-        no_body = request.method == "HEAD" or status in (204, 304) or status < 200
-        body: bytes | None = None
-        if upstream.complete:  # the usual small response: no framing scan needed
-            body = upstream.body()
-            length: int | None = len(body)
-        else:
-            length = upstream.content_length
-            if length is not None and length <= BUFFER_RESPONSE_BODY:
-                # Known and small: gather it, then send head and body in one write.
-                # Fewer writes beat earlier bytes at this size (measured in bench/).
-                parts = []
-                while chunk := await upstream.read():
-                    parts.append(chunk)
-                body = b"".join(parts)
-        if body is not None:
-            upstream.release()
-            framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body))
-                       + _connection_field(keep_alive, version))
-            head = build_response_head(version, status, upstream.reason, upstream.headers,
-                                       framing=framing, request_id=request_id.encode(),
-                                       keep_content_length=no_body)
-            return ProxyResponse(status, head, length=len(body), chunked=False, body=body,
-                                 keep_alive=keep_alive)
+        no_body = status in (204, 304) or status < 200 or request.method == "HEAD"
+        framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body))
+                   + _connection_field(keep_alive, version))
+        head = build_response_head(version, status, upstream.reason, upstream.headers,
+                                   framing=framing, request_id=rid, keep_content_length=no_body)
+        return ProxyResponse(status, head, length=len(body), chunked=False, body=body,
+                             keep_alive=keep_alive)
+
+    async def _respond(self, request: BaseRequest, upstream: UpstreamResponse, rid: bytes,
+                       version: bytes, cluster_name: str) -> web.StreamResponse:
+        """A response whose body is still arriving."""
+        length = upstream.content_length
+        if length is not None and length <= BUFFER_RESPONSE_BODY:
+            # Known and small: gather it, then send head and body in one write.
+            # Fewer writes beat earlier bytes at this size (measured in bench/).
+            parts = []
+            while chunk := await upstream.read():
+                parts.append(chunk)
+            return self._whole(request, upstream, b"".join(parts), rid, version)
+        status = upstream.status
+        keep_alive = request.keep_alive and not request._message.upgrade
         chunked = length is None and version == b"1.1"
         if length is None and not chunked:
             keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
         framing = ((b"Content-Length: %d\r\n" % length if length is not None
                     else _CHUNKED if chunked else b"") + _connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
-                                   framing=framing, request_id=request_id.encode())
+                                   framing=framing, request_id=rid)
         response = ProxyResponse(status, head, length=length, chunked=chunked,
                                  keep_alive=keep_alive)
         await response.prepare(request)
