@@ -58,6 +58,7 @@ local configFields = ['admin', 'cluster_defaults', 'clusters', 'listener', 'logg
       preserve_host: true,  // send the client's Host upstream (false: the endpoint's)
       max_idle_connections: 64,  // idle keep-alive connections kept per endpoint
       idle_timeout: '60s',  // idle connections are closed after this
+      tls: { verify: true },  // verification of https:// endpoints; see tls()
     },
     // localApp(): the application container beside the sidecar.
     local_app: {
@@ -171,6 +172,7 @@ local configFields = ['admin', 'cluster_defaults', 'clusters', 'listener', 'logg
   //   preserve_host         true
   //   max_idle_connections  64
   //   idle_timeout          '60s'
+  //   tls                   tls()           how https:// endpoints are verified
   cluster(name=error 'cluster: name is required',
           endpoints=[],
           lb_policy=$._config.cluster.lb_policy,
@@ -178,7 +180,8 @@ local configFields = ['admin', 'cluster_defaults', 'clusters', 'listener', 'logg
           timeout=$._config.cluster.timeout,
           preserve_host=$._config.cluster.preserve_host,
           max_idle_connections=$._config.cluster.max_idle_connections,
-          idle_timeout=$._config.cluster.idle_timeout)::
+          idle_timeout=$._config.cluster.idle_timeout,
+          tls=$._config.cluster.tls)::
     assert std.isArray(endpoints) :
            'cluster %s: endpoints must be an array of endpoint() or URL strings' % name;
     {
@@ -190,7 +193,15 @@ local configFields = ['admin', 'cluster_defaults', 'clusters', 'listener', 'logg
       preserve_host: preserve_host,
       max_idle_connections: max_idle_connections,
       idle_timeout: idle_timeout,
+      tls: tls,
     },
+
+  // tls(): verification of a cluster's https:// endpoints (http:// ignores it).
+  //   ca_file      null   PEM file of the CAs to trust; null = the system's CAs
+  //   server_name  null   SNI and certificate name; null = the endpoint's host
+  //   verify       true   false accepts any certificate (tests only)
+  tls(ca_file=null, server_name=null, verify=true)::
+    withoutNulls({ ca_file: ca_file, server_name: server_name, verify: verify }),
 
   // route(prefix, cluster): requests whose path starts with `prefix` (longest
   // prefix wins) go to `cluster`.

@@ -36,6 +36,7 @@ from .logs import set_level, setup_logging
 from .metrics import Metrics, make_admin_app
 from .proxy import DataPlaneState, Proxy
 from .registry import ConfigInfo, EventKind, Registry, RegistryEvent
+from .tls import tls_issues
 
 __all__ = ["ConfigSource", "Sidecar", "run_from_args"]
 
@@ -68,7 +69,11 @@ class ConfigSource:
             data = json.loads(json.dumps(self.data or {}))
         if not isinstance(data, dict):
             raise ConfigError(self.name, [ConfigIssue("", "the configuration must be an object")])
-        return parse_config(self.overrides(data), self.name)
+        config = parse_config(self.overrides(data), self.name)
+        issues = tls_issues(config)
+        if issues:
+            raise ConfigError(self.name, issues)
+        return config
 
 
 class Sidecar:

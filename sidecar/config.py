@@ -37,6 +37,7 @@ __all__ = [
     "LoggingConfig",
     "RouteConfig",
     "SidecarConfig",
+    "UpstreamTLS",
     "config_version",
     "format_location",
     "parse_config",
@@ -129,6 +130,19 @@ class LoggingConfig(_Model):
     access_log: bool = Field(False, description="One JSON line per request on stderr.")
 
 
+class UpstreamTLS(_Model):
+    """How `https://` endpoints are verified. `http://` endpoints ignore it."""
+
+    ca_file: str | None = Field(
+        None, description="PEM file of the CAs to trust; default the system's CAs.")
+    server_name: str | None = Field(
+        None, description="Name sent as SNI and checked in the certificate; default the "
+                          "endpoint's host.")
+    verify: bool = Field(
+        True, description="Verify the certificate and name. false accepts any certificate: "
+                          "for tests only, it defeats TLS.")
+
+
 class ClusterSettings(_Model):
     """How requests to a cluster's endpoints behave. Also the defaults of clusters
     created by run-time registration."""
@@ -144,6 +158,8 @@ class ClusterSettings(_Model):
     max_idle_connections: int = Field(
         64, ge=0, le=10_000, description="Idle keep-alive connections kept per endpoint.")
     idle_timeout: Duration = Field(60.0, description="Idle connections are closed after this.")
+    tls: UpstreamTLS = Field(default_factory=UpstreamTLS,
+                             description="Verification of https:// endpoints.")
 
 
 class EndpointConfig(_Model):

@@ -30,7 +30,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from .balancer import Balancer, make_balancer
-from .config import SidecarConfig
+from .config import ClusterSettings, SidecarConfig
 from .deadlines import DeadlineWheel
 from .errors import (
     BadRequest,
@@ -48,6 +48,7 @@ from .logs import access_logger, request_id_var
 from .metrics import Metrics
 from .registry import Endpoint, Registry
 from .routing import RouteTable, normalize_path
+from .tls import client_context
 from .upstream import UpstreamPool, UpstreamResponse
 
 __all__ = ["DataPlaneState", "Proxy", "ProxyResponse", "error_response"]
@@ -185,13 +186,21 @@ class Proxy:
         """Serve a new configuration; requests in flight keep the state they started with."""
         self.state = state
         self.access_log = state.config.logging.access_log
-        for (cluster, _), pool in self._pools.items():
+        for (cluster, endpoint_id), pool in list(self._pools.items()):
             members = self.registry.clusters.get(cluster)
-            if members is not None:
-                settings = members.settings
-                pool.configure(connect_timeout=settings.connect_timeout,
-                               max_idle=settings.max_idle_connections,
-                               idle_timeout=settings.idle_timeout)
+            if members is None:
+                continue
+            settings = members.settings
+            if settings.tls != pool.tls:
+                # New TLS settings need new connections: the next request makes a pool.
+                self.forget_endpoint(cluster, endpoint_id)
+                endpoint = members.endpoints.get(endpoint_id)
+                if endpoint is not None and endpoint.pool is pool:
+                    endpoint.pool = None
+                continue
+            pool.configure(connect_timeout=settings.connect_timeout,
+                           max_idle=settings.max_idle_connections,
+                           idle_timeout=settings.idle_timeout)
 
     def close(self) -> None:
         self._deadlines.close()
@@ -206,10 +215,14 @@ class Proxy:
         if pool is not None:
             pool.close()
 
-    def _pool(self, endpoint: Endpoint, connect_timeout: float, max_idle: int,
-              idle_timeout: float) -> UpstreamPool:
-        pool = UpstreamPool(endpoint.address, connect_timeout=connect_timeout,
-                            max_idle=max_idle, idle_timeout=idle_timeout)
+    def _pool(self, endpoint: Endpoint, settings: ClusterSettings) -> UpstreamPool:
+        https = endpoint.address.scheme == "https"
+        pool = UpstreamPool(endpoint.address, connect_timeout=settings.connect_timeout,
+                            max_idle=settings.max_idle_connections,
+                            idle_timeout=settings.idle_timeout,
+                            ssl_context=client_context(settings.tls) if https else None,
+                            server_name=settings.tls.server_name)
+        pool.tls = settings.tls
         endpoint.pool = pool
         old = self._pools.get((endpoint.cluster, endpoint.id))
         if old is not None and old is not pool:
@@ -302,9 +315,7 @@ class Proxy:
         if endpoint is None:
             raise NoHealthyEndpoint()
         settings = members.settings
-        pool = endpoint.pool or self._pool(endpoint, settings.connect_timeout,
-                                           settings.max_idle_connections,
-                                           settings.idle_timeout)
+        pool = endpoint.pool or self._pool(endpoint, settings)
         method = request.method
         body: bytes | AsyncIterator[bytes] | None = None
         chunked = False

@@ -45,11 +45,13 @@ class UpstreamPool:
     max_idle: idle connections kept; more are closed on release.
     idle_timeout: seconds an idle connection is kept before it is closed.
     ssl_context: for ``https`` endpoints; a default (verifying) context if None.
+    server_name: SNI and certificate name for ``https``; the address's host if None.
     """
 
     def __init__(self, address: UpstreamAddress, *, connect_timeout: float,
                  max_idle: int = 64, idle_timeout: float = 60.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 server_name: str | None = None) -> None:
         self.address = address
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
@@ -57,6 +59,9 @@ class UpstreamPool:
         self._ssl: ssl.SSLContext | None = None
         if address.scheme == "https":
             self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
+        self._server_name = server_name or address.host
+        #: The TLS setting the pool was built with (its owner compares it on reload).
+        self.tls: object = None
         self._idle: list[UpstreamConnection] = []
         self._active = 0
         self._closed = False
@@ -158,7 +163,7 @@ class UpstreamPool:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(self, loop), address.host, address.port,
-                    ssl=self._ssl, server_hostname=address.host if self._ssl else None)
+                    ssl=self._ssl, server_hostname=self._server_name if self._ssl else None)
         except OSError as exc:  # refused, unreachable, DNS, TLS (SSLError), TimeoutError
             raise UpstreamConnectError() from exc
         conn.in_use = True
