@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -85,3 +86,20 @@ async def test_unreadable_ca_file_is_a_config_error_with_its_path(tmp_path):
     with pytest.raises(ConfigError) as info:
         ConfigSource(data=data).load()
     assert [issue.path for issue in info.value.issues] == ["clusters[0].tls.ca_file"]
+
+
+async def test_reload_with_new_tls_settings_uses_new_connections(tls_upstream, ca_file,
+                                                                 start_sidecar, client,
+                                                                 tmp_path):
+    path = tmp_path / "sidecar.json"
+
+    def write(**tls: Any) -> None:
+        path.write_text(json.dumps(merge(LOOPBACK_ADDRESSES, config(tls_upstream, **tls))))
+
+    write(verify=False)
+    sidecar = await start_sidecar({}, path=str(path))
+    assert await status_and_code(client, base_url(sidecar) + "/") == (200, None)
+    write(ca_file=ca_file)  # verified now, and 127.0.0.1 is not the certificate's name
+    await sidecar.reload("test")
+    assert await status_and_code(client, base_url(sidecar) + "/") == (
+        502, "upstream_connect_error")
