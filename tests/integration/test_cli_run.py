@@ -161,3 +161,26 @@ async def test_second_signal_during_drain_exits_at_once(start_upstream, run_side
     assert await asyncio.wait_for(sidecar.proc.wait(), 10) == 128 + signal.SIGTERM
     gate.release.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_run_flags_ext_str_timeout_and_log_level(start_upstream, run_sidecar, client,
+                                                       tmp_path):
+    gate = Gate()
+    server, _ = await start_upstream(gate.app())
+    path = tmp_path / "sidecar.jsonnet"
+    path.write_text("""
+        local sidecar = import 'sidecar.libsonnet';
+        sidecar.config({
+          clusters: [sidecar.cluster('app', [std.extVar('backend')], timeout='30s')],
+          routes: [sidecar.route('/', 'app')],
+        })""")
+    sidecar = await run_sidecar("--config", str(path), "--ext-str", f"backend={url_of(server)}",
+                                "--timeout", "0.3", "--log-level", "debug", "--no-watch",
+                                *EPHEMERAL)
+    async with client.get(sidecar.url + "/") as resp:  # --timeout beats the file's 30s
+        assert resp.status == 504
+    assert gate.arrived.is_set()
+    sidecar.proc.send_signal(signal.SIGHUP)
+    unchanged = await sidecar.log_line("config unchanged")  # logged at debug level only
+    assert unchanged["level"] == "debug"
+    gate.release.set()
