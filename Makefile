@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install tools lint proto proto-check typecheck bench clean
+.PHONY: run test install tools lint proto proto-baseline bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ tools:
 ## make test: lint protos and code, check generated code is fresh, type-check, run the tests
 test: $(STAMP) tools
 	$(BIN)/buf lint
+	$(BIN)/buf breaking --against proto/baseline.binpb
 	$(BIN)/python scripts/generate_protos.py --check
 	$(BIN)/ruff check sidecar admin tests scripts bench
 	$(BIN)/mypy sidecar admin
@@ -32,6 +33,10 @@ test: $(STAMP) tools
 ## make proto: regenerate sidecar/admin/v1 and admin/client from proto/
 proto: $(STAMP)
 	$(BIN)/python scripts/generate_protos.py
+
+## make proto-baseline: accept the current API as the one `buf breaking` protects (at a release)
+proto-baseline: $(STAMP)
+	$(BIN)/buf build -o proto/baseline.binpb
 
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar admin tests scripts
