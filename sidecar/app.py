@@ -326,7 +326,10 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         await sidecar.start()
     except OSError as exc:
-        log.error("cannot listen", extra={"error": str(exc)})
+        log.error("cannot listen", extra={
+            "error": str(exc),
+            "hint": "another process has the port; choose others with --listen, "
+                    "--admin-grpc, --admin-http (port 0 picks a free one)"})
         await sidecar.stop(0)
         return 1
     sidecar.install_signal_handlers()
