@@ -27,6 +27,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import difflib
 import json
 import os
 import sys
@@ -164,7 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     cget = config_sub.add_parser("get", parents=[common], help="show the serving configuration")
     cget.add_argument("--json", action="store_true",
                       help="print the configuration itself, as JSON")
+    cdiff = config_sub.add_parser(
+        "diff", parents=[common],
+        help="what serving FILE would change: a unified diff of the serving configuration "
+             "against FILE, both with every default filled in")
+    cdiff.add_argument("file", metavar="FILE", help=".jsonnet or .json")
+    cdiff.add_argument("--ext-str", metavar="KEY=VALUE", type=_ext_str, action="append",
+                       default=[], help="Jsonnet external variable; repeatable")
+    cdiff.add_argument("-J", "--jpath", metavar="DIR", action="append", default=[],
+                       help="extra Jsonnet library directory; repeatable")
+    cdiff.add_argument("--exit-code", action="store_true",
+                       help="exit 1 when there are differences (like git diff --exit-code)")
     return parser
+
+
+def _ext_str(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key, val
 
 
 # ---------------------------------------------------------------- formatting
@@ -377,6 +396,37 @@ class _Ctl:
         return EXIT_OK
 
 
+    def config_diff(self) -> int:
+        from sidecar.errors import ConfigError
+        from sidecar.loader import load_config
+
+        args = self.args
+        try:
+            loaded = load_config(args.file, dict(args.ext_str), args.jpath)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                self.err.write(f"{exc.source}: {issue}\n")
+            return EXIT_ERROR
+        response = self.stub.get_config(GetConfigRequest())
+        running_version = response.config.version if response.config else ""
+        proposed = loaded.config.model_dump_json(indent=2)
+        diff = "".join(difflib.unified_diff(
+            (response.config_json + "\n").splitlines(keepends=True),
+            (proposed + "\n").splitlines(keepends=True),
+            fromfile=f"serving (version {running_version[:12]})",
+            tofile=f"{args.file} (version {loaded.version[:12]})"))
+        if self.json:
+            self.emit_json({"serving_version": running_version, "file_version": loaded.version,
+                            "changed": bool(diff), "diff": diff})
+        elif diff:
+            self.out.write(diff)
+            self.out.flush()
+        else:
+            self.emit([f"no changes: {args.file} is what is serving "
+                       f"(version {loaded.version[:12]})"])
+        return EXIT_ERROR if diff and args.exit_code else EXIT_OK
+
+
 class _Unreachable(Exception):
     pass
 
@@ -410,6 +460,7 @@ _COMMANDS: dict[tuple[str, str | None], Callable[[_Ctl], int]] = {
     ("endpoints", "deregister"): _Ctl.endpoints_deregister,
     ("watch", None): _Ctl.watch,
     ("config", "get"): _Ctl.config_get,
+    ("config", "diff"): _Ctl.config_diff,
 }
 
 

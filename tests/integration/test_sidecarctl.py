@@ -366,3 +366,45 @@ def test_module_entry_point_runs(unreachable: str) -> None:
                             env=dict(os.environ, PYTHONWARNINGS="error"))
     assert result.returncode == 3, result.stderr
     assert "UNAVAILABLE" in result.stderr
+
+
+async def test_config_diff_shows_what_serving_a_file_would_change(start_sidecar, tmp_path):
+    from admin.ctl import run as ctl_run
+
+    path = tmp_path / "sidecar.json"
+
+    def write(prefix: str) -> None:
+        path.write_text(json.dumps({
+            "listener": {"address": "127.0.0.1:0"},
+            "admin": {"grpc_address": "127.0.0.1:0", "http_address": "127.0.0.1:0"},
+            "clusters": [{"name": "app", "endpoints": [{"url": "http://127.0.0.1:1"}]}],
+            "routes": [{"prefix": prefix, "cluster": "app"}]}))
+
+    write("/v1")
+    sidecar = await start_sidecar({}, path=str(path))
+    target = f"127.0.0.1:{sidecar.ports['admin_grpc']}"
+
+    async def ctl(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(ctl_run, ["--target", target, *argv], out, err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, _ = await ctl("config", "diff", str(path), "--exit-code")
+    assert code == 0
+    assert out.startswith("no changes:")
+
+    write("/v2")
+    code, out, _ = await ctl("config", "diff", str(path), "--exit-code")
+    assert code == 1
+    assert '-      "prefix": "/v1",' in out and '+      "prefix": "/v2",' in out
+    assert out.startswith("--- serving (version ")
+
+    code, out, _ = await ctl("-o", "json", "config", "diff", str(path))
+    assert code == 0
+    report = json.loads(out)
+    assert report["changed"] is True and report["serving_version"] != report["file_version"]
+
+    path.write_text('{"routes": [{"cluster": "nope"}]}')
+    code, _, err = await ctl("config", "diff", str(path))
+    assert code == 1
+    assert f"{path}: routes[0].cluster: unknown cluster 'nope'" in err
