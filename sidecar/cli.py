@@ -12,6 +12,15 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("sidecar-gateway")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _ext_str(value: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not sep or not key:
@@ -28,6 +37,7 @@ def _add_ext(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="HTTP sidecar gateway.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the sidecar")

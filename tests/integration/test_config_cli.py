@@ -246,3 +246,12 @@ def test_console_script(tmp_path: Path) -> None:
     assert failed.stdout == ""
     assert failed.stderr.startswith(f"{bad}: error at {bad}:1:")
     assert "max stack frames exceeded" in failed.stderr
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from sidecar.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("sidecar 0.")
