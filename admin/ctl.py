@@ -39,6 +39,8 @@ from typing import IO, Any
 import grpc
 from pydantic.warnings import PydanticDeprecatedSince212
 
+from sidecar.cli import parse_key_value
+
 # betterproto2 0.10's generated oneof validators use a signature pydantic 2.12+
 # deprecates (they still work); the warning is about generated code, not ours.
 with warnings.catch_warnings():
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what serving FILE would change: a unified diff of the serving configuration "
              "against FILE, both with every default filled in")
     cdiff.add_argument("file", metavar="FILE", help=".jsonnet or .json")
-    cdiff.add_argument("--ext-str", metavar="KEY=VALUE", type=_ext_str, action="append",
+    cdiff.add_argument("--ext-str", metavar="KEY=VALUE", type=parse_key_value, action="append",
                        default=[], help="Jsonnet external variable; repeatable")
     cdiff.add_argument("-J", "--jpath", metavar="DIR", action="append", default=[],
                        help="extra Jsonnet library directory; repeatable")
@@ -178,12 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exit 1 when there are differences (like git diff --exit-code)")
     return parser
 
-
-def _ext_str(value: str) -> tuple[str, str]:
-    key, sep, val = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
-    return key, val
 
 
 # ---------------------------------------------------------------- formatting

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_key_value"]
 
 
 def _version() -> str:
@@ -21,7 +21,8 @@ def _version() -> str:
         return "unknown"
 
 
-def _ext_str(value: str) -> tuple[str, str]:
+def parse_key_value(value: str) -> tuple[str, str]:
+    """argparse type of `--ext-str KEY=VALUE`."""
     key, sep, val = value.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
@@ -29,7 +30,7 @@ def _ext_str(value: str) -> tuple[str, str]:
 
 
 def _add_ext(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ext-str", metavar="KEY=VALUE", type=_ext_str, action="append",
+    parser.add_argument("--ext-str", metavar="KEY=VALUE", type=parse_key_value, action="append",
                         default=[], help="Jsonnet external variable (std.extVar); repeatable")
     parser.add_argument("-J", "--jpath", metavar="DIR", action="append", default=[],
                         help="extra Jsonnet library directory; repeatable")
