@@ -16,7 +16,19 @@ from sidecar.registry import ConfigInfo, Registry
 
 from .server import AdminServer
 
-__all__ = ["load_config", "serve"]
+__all__ = ["SAMPLE_CONFIG", "load_config", "serve"]
+
+#: Two clusters, three endpoints: what the admin tests list, page and watch.
+SAMPLE_CONFIG: dict[str, Any] = {
+    "clusters": [
+        {"name": "users", "endpoints": [
+            {"url": "http://127.0.0.1:8081", "id": "u1"},
+            {"url": "http://127.0.0.1:8082", "id": "u2", "labels": {"zone": "a"}}]},
+        {"name": "orders", "endpoints": [{"url": "http://127.0.0.1:8091", "id": "o1"}]},
+    ],
+    "routes": [{"prefix": "/users", "cluster": "users"},
+               {"prefix": "/orders", "cluster": "orders"}],
+}
 
 
 def load_config(registry: Registry, data: Mapping[str, Any], *, source: str = "<test>",

@@ -10,22 +10,13 @@ import grpc
 import pytest
 
 from admin.server import AdminServer
-from admin.testing import load_config, serve
+from admin.testing import SAMPLE_CONFIG, load_config, serve
 from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.admin.v1 import admin_service_pb2_grpc as api_grpc
 from sidecar.admin.v1 import resources_pb2 as res
 from sidecar.registry import EndpointStatus, Registry
 
-CONFIG = {
-    "clusters": [
-        {"name": "users", "endpoints": [
-            {"url": "http://127.0.0.1:8081", "id": "u1"},
-            {"url": "http://127.0.0.1:8082", "id": "u2", "labels": {"zone": "a"}}]},
-        {"name": "orders", "endpoints": [{"url": "http://127.0.0.1:8091", "id": "o1"}]},
-    ],
-    "routes": [{"prefix": "/users", "cluster": "users"},
-               {"prefix": "/orders", "cluster": "orders"}],
-}
+CONFIG = SAMPLE_CONFIG
 CONFIG_JSON = json.dumps({"rendered": True})
 
 

@@ -21,20 +21,11 @@ import pytest
 from admin import ctl
 from admin.__main__ import main
 from admin.server import AdminServer
-from admin.testing import load_config, serve
+from admin.testing import SAMPLE_CONFIG, load_config, serve
 from sidecar.registry import EndpointStatus, Registry
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = {
-    "clusters": [
-        {"name": "users", "endpoints": [
-            {"url": "http://127.0.0.1:8081", "id": "u1"},
-            {"url": "http://127.0.0.1:8082", "id": "u2", "labels": {"zone": "a"}}]},
-        {"name": "orders", "endpoints": [{"url": "http://127.0.0.1:8091", "id": "o1"}]},
-    ],
-    "routes": [{"prefix": "/users", "cluster": "users"},
-               {"prefix": "/orders", "cluster": "orders"}],
-}
+CONFIG = SAMPLE_CONFIG
 CONFIG_JSON = json.dumps({"clusters": ["users", "orders"]})
 TIMEOUT = 10.0
 
