@@ -339,7 +339,7 @@ async def _run(args: argparse.Namespace) -> int:
         host = parse_host_port(config.listener.address, allow_zero_port=True).host
         print(f"\nsidecar demo is up. Try:\n"
               f"  curl -i http://{host}:{port}/hello\n"
-              f"  curl -i http://{host}:{port}/api/users?id=7      (rewritten to /v1/users)\n"
+              f"  curl -i 'http://{host}:{port}/api/users?id=7'    (rewritten to /v1/users)\n"
               f"  curl -s http://127.0.0.1:{sidecar.ports['admin_http']}/metrics | grep sidecar_\n"
               f"  .venv/bin/sidecarctl endpoints list\n"
               f"  .venv/bin/sidecarctl watch\n", file=sys.stderr, flush=True)
