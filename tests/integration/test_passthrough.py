@@ -133,3 +133,32 @@ async def test_stale_pooled_connection_is_retried_only_for_idempotent_methods(
         assert resp.status == 502
         assert json.loads(body)["error"]["code"] == "upstream_reset"
         assert accepted == 1
+
+
+async def test_chunked_upstream_to_http10_client_is_close_delimited(raw_upstream,
+                                                                    start_sidecar):
+    body = b"x" * 300_000  # over the one-write limit: streamed
+
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(body), 50_000):
+            part = body[i:i + 50_000]
+            writer.write(b"%x\r\n%b\r\n" % (len(part), part))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    port = await raw_upstream(chunked)
+    sidecar = await start_sidecar(one_route(f"http://127.0.0.1:{port}"))
+    reply = await raw_request(sidecar.ports["listener"], b"GET / HTTP/1.0\r\n\r\n")
+    head, _, received = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    assert received == body  # complete, and ended by the close
+
+    reply = await raw_request(sidecar.ports["listener"],
+                              b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, received = reply.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert received.endswith(b"0\r\n\r\n")  # re-chunked for the HTTP/1.1 client
