@@ -103,7 +103,7 @@ class Sidecar:
 
         config = self.config
         self.registry.subscribe(self._on_registry_event)
-        self.registry.apply_config(config, self._info(config))
+        self.registry.apply_config(config, self._info(config, config_version(config)))
         restored = self.registry.load_state()
         if restored:
             log.info("restored registered endpoints", extra={"count": restored})
@@ -135,7 +135,7 @@ class Sidecar:
         log.info("sidecar serving", extra={"listener": self.ports["listener"],
                                            "admin_grpc": self.ports["admin_grpc"],
                                            "admin_http": self.ports["admin_http"],
-                                           "config_version": config_version(config)[:12],
+                                           "config_version": self._version()[:12],
                                            "config_source": self.source.name})
 
     async def stop(self, drain_timeout: float | None = None) -> None:
@@ -177,9 +177,15 @@ class Sidecar:
     def config_json(self) -> str:
         return self.config.model_dump_json(indent=2)
 
-    def _info(self, config: SidecarConfig) -> ConfigInfo:
-        return ConfigInfo(config_version(config), self.source.name, time.time(),
-                          len(config.clusters), len(config.routes))
+    def _info(self, config: SidecarConfig, version: str) -> ConfigInfo:
+        return ConfigInfo(version, self.source.name, time.time(), len(config.clusters),
+                          len(config.routes))
+
+    def _version(self) -> str:
+        """The serving config's version, as the registry recorded it when applied."""
+        info = self.registry.config_info
+        assert info is not None
+        return info.version
 
     def _on_registry_event(self, event: RegistryEvent) -> None:
         if event.kind is EventKind.ENDPOINT_REMOVED and event.endpoint and self.proxy:
@@ -198,13 +204,14 @@ class Sidecar:
                           extra={"reason": reason, "source": exc.source,
                                  "issues": [str(i) for i in exc.issues]})
                 raise
-            if config_version(config) == config_version(self.config):
+            version = config_version(config)
+            if version == self._version():
                 log.debug("config unchanged", extra={"reason": reason})
                 return config
-            self._apply(config, reason)
+            self._apply(config, version, reason)
             return config
 
-    def _apply(self, config: SidecarConfig, reason: str) -> None:
+    def _apply(self, config: SidecarConfig, version: str, reason: str) -> None:
         old = self.config
         restart_only = [name for name, before, after in (
             ("listener.address", old.listener.address, config.listener.address),
@@ -215,14 +222,13 @@ class Sidecar:
         if restart_only:
             log.warning("these fields change only on restart; the running values stay",
                         extra={"fields": restart_only})
-        self.registry.apply_config(config, self._info(config))
+        self.registry.apply_config(config, self._info(config, version))
         assert self.proxy is not None
         self.proxy.swap_state(DataPlaneState.build(config, self.registry))
         self.config = config
         set_level(config.logging.level)
         self.metrics.config_loaded(True, time.time())
-        log.info("config loaded", extra={"reason": reason,
-                                         "version": config_version(config)[:12]})
+        log.info("config loaded", extra={"reason": reason, "version": version[:12]})
 
     async def watch_config(self) -> None:
         """Reload when anything changes in the config file's directory or a -J directory.

@@ -36,7 +36,6 @@ __all__ = [
     "MethodNotAllowed",
     "NoHealthyEndpoint",
     "NoRoute",
-    "PayloadTooLarge",
     "ProxyError",
     "RegistryError",
     "SidecarError",
@@ -152,12 +151,6 @@ class InternalError(ProxyError):
     status = 500
     code = "internal_error"
     message = "The sidecar failed to handle the request."
-
-
-class PayloadTooLarge(ProxyError):
-    status = 413
-    code = "payload_too_large"
-    message = "The request body is too large."
 
 
 class NoHealthyEndpoint(ProxyError):

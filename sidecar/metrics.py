@@ -42,7 +42,6 @@ __all__ = ["DURATION_BUCKETS", "Metrics", "RequestStats", "make_admin_app"]
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                     5.0, 10.0, 30.0)
 _CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-UPSTREAM_ERROR_KINDS = ("connect", "reset", "timeout", "protocol")
 
 
 class RequestStats:
