@@ -4,8 +4,7 @@
 #       run --config /etc/sidecar/examples/local-app.jsonnet --ext-str env=prod --listen 0.0.0.0:8000
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    SIDECAR_JSONNET_PATH=/opt/sidecar/configs
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/sidecar
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar

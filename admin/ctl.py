@@ -393,8 +393,8 @@ class _Ctl:
 
 
     def config_diff(self) -> int:
+        from sidecar.config.loader import load_config
         from sidecar.errors import ConfigError
-        from sidecar.loader import load_config
 
         args = self.args
         try:

@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from sidecar.config import SidecarConfig, config_version, parse_config
+from sidecar.config.model import SidecarConfig, config_version, parse_config
 from sidecar.registry import ConfigInfo, Registry
 
 from .server import AdminServer

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientSession, TCPConnector, web
 
-from sidecar.addresses import UpstreamAddress
-from sidecar.upstream import UpstreamPool
+from sidecar.core.addresses import UpstreamAddress
+from sidecar.dataplane.pool import UpstreamPool
 
 
 def serve(port: int, size: int, loop_name: str, ready: multiprocessing.synchronize.Event) -> None:

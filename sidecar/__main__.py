@@ -1,5 +1,5 @@
 """`python -m sidecar` is `sidecar`."""
 
-from .cli import main
+from sidecar.cli import main
 
 raise SystemExit(main())

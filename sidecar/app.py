@@ -14,66 +14,28 @@ flight get up to `listener.drain_timeout` to finish, then everything closes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from .addresses import parse_host_port
-from .config import SidecarConfig, config_version, parse_config
-from .errors import ConfigError, ConfigIssue
-from .logs import set_level, setup_logging
-from .metrics import Metrics, make_admin_app
-from .proxy import DataPlaneState, Proxy
-from .registry import ConfigInfo, EventKind, Registry, RegistryEvent
-from .tls import tls_issues
+from admin.http import make_admin_app
+from sidecar.config.model import SidecarConfig, config_version
+from sidecar.core.addresses import parse_host_port
+from sidecar.dataplane.proxy import DataPlaneState, Proxy
+from sidecar.observe.logs import set_level
+from sidecar.observe.metrics import Metrics
+from sidecar.registry import ConfigInfo, EventKind, Registry, RegistryEvent
+from sidecar.reload import ConfigSource, Reloader
 
-__all__ = ["ConfigSource", "Sidecar", "run_from_args"]
+__all__ = ["Sidecar", "bound_port"]
 
 log = logging.getLogger("sidecar")
-
-
-@dataclass
-class ConfigSource:
-    """Where the config comes from and how to (re)build it: a file plus flag overrides,
-    or fixed data (embedded demo, quick mode)."""
-
-    path: str | None = None
-    data: dict[str, Any] | None = None
-    ext_vars: dict[str, str] = field(default_factory=dict)
-    jpath: list[str] = field(default_factory=list)
-    overrides: Callable[[dict[str, Any]], dict[str, Any]] = lambda d: d
-    label: str = "<flags>"
-
-    @property
-    def name(self) -> str:
-        return self.path or self.label
-
-    def load(self) -> SidecarConfig:
-        """Render, override, validate. Raises ConfigError naming the file and field."""
-        if self.path is not None:
-            from .loader import render_data
-
-            data = render_data(self.path, self.ext_vars, self.jpath)
-        else:
-            data = json.loads(json.dumps(self.data or {}))
-        if not isinstance(data, dict):
-            raise ConfigError(self.name, [ConfigIssue("", "the configuration must be an object")])
-        config = parse_config(self.overrides(data), self.name)
-        issues = tls_issues(config)
-        if issues:
-            raise ConfigError(self.name, issues)
-        return config
 
 
 class Sidecar:
@@ -94,12 +56,13 @@ class Sidecar:
         self._admin_grpc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
+        self.reloader = Reloader(source, self._apply, self._version,
+                                 lambda: self.metrics.config_loaded(False, time.time()))
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        from .listener import make_server
+        from sidecar.dataplane.server import make_server
 
         config = self.config
         self.registry.subscribe(self._on_registry_event)
@@ -119,7 +82,7 @@ class Sidecar:
         http = parse_host_port(admin.http_address, allow_zero_port=True)
         site = web.TCPSite(self._admin_runner, http.host, http.port, reuse_address=True)
         await site.start()
-        self.ports["admin_http"] = _bound_port(site._server)
+        self.ports["admin_http"] = bound_port(site._server)
 
         from admin.server import AdminServer
 
@@ -130,7 +93,7 @@ class Sidecar:
         self._web_server = make_server(self.proxy, config.listener)
         self._server = await loop.create_server(self._web_server, listen.host, listen.port,
                                                 reuse_address=True, backlog=1024)
-        self.ports["listener"] = _bound_port(self._server)
+        self.ports["listener"] = bound_port(self._server)
         self.state = "serving"
         log.info("sidecar serving", extra={"listener": self.ports["listener"],
                                            "admin_grpc": self.ports["admin_grpc"],
@@ -194,22 +157,9 @@ class Sidecar:
     # ------------------------------------------------------------ reload
 
     async def reload(self, reason: str) -> SidecarConfig:
-        """Load the source again and swap it in; on error keep serving the old config."""
-        async with self._reload_lock:
-            try:
-                config = await asyncio.get_running_loop().run_in_executor(None, self.source.load)
-            except ConfigError as exc:
-                self.metrics.config_loaded(False, time.time())
-                log.error("config rejected, keeping the serving config",
-                          extra={"reason": reason, "source": exc.source,
-                                 "issues": [str(i) for i in exc.issues]})
-                raise
-            version = config_version(config)
-            if version == self._version():
-                log.debug("config unchanged", extra={"reason": reason})
-                return config
-            self._apply(config, version, reason)
-            return config
+        """Reload the config source (see `sidecar.reload`); raises ConfigError and keeps
+        the serving config when the new one is bad."""
+        return await self.reloader.reload(reason)
 
     def _apply(self, config: SidecarConfig, version: str, reason: str) -> None:
         old = self.config
@@ -230,24 +180,6 @@ class Sidecar:
         self.metrics.config_loaded(True, time.time())
         log.info("config loaded", extra={"reason": reason, "version": version[:12]})
 
-    async def watch_config(self) -> None:
-        """Reload when anything changes in the config file's directory or a -J directory.
-
-        Not recursive (a config beside a virtualenv must not watch thousands of files),
-        and not filtered by name: a Kubernetes ConfigMap update is a rename of the
-        `..data` symlink, not a write to the file. A reload that renders the same
-        config is a no-op.
-        """
-        if self.source.path is None:
-            return
-        from watchfiles import awatch
-
-        directories = {os.path.dirname(os.path.abspath(self.source.path))}
-        directories.update(os.path.abspath(d) for d in self.source.jpath if os.path.isdir(d))
-        async for _changes in awatch(*sorted(directories), debounce=200, recursive=False):
-            with contextlib.suppress(ConfigError):
-                await self.reload("file changed")
-
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -267,116 +199,11 @@ class Sidecar:
 
     def start_background(self, watch: bool) -> None:
         if watch and self.source.path is not None:
-            self._tasks.append(asyncio.ensure_future(self.watch_config()))
+            self._tasks.append(asyncio.ensure_future(self.reloader.watch()))
 
 
-def _bound_port(server: Any) -> int:
+def bound_port(server: Any) -> int:
     sockets = getattr(server, "sockets", None) or []
     return int(sockets[0].getsockname()[1]) if sockets else 0
 
 
-# ---------------------------------------------------------------- command line
-
-
-def _overrides(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    def apply(data: dict[str, Any]) -> dict[str, Any]:
-        if args.listen:
-            data.setdefault("listener", {})["address"] = args.listen
-        if args.admin_grpc:
-            data.setdefault("admin", {})["grpc_address"] = args.admin_grpc
-        if args.admin_http:
-            data.setdefault("admin", {})["http_address"] = args.admin_http
-        if args.log_level:
-            data.setdefault("logging", {})["level"] = args.log_level
-        if args.timeout is not None:
-            data.setdefault("cluster_defaults", {})["timeout"] = args.timeout
-            for cluster in data.get("clusters") or []:
-                if isinstance(cluster, dict):
-                    cluster["timeout"] = args.timeout
-        return data
-
-    return apply
-
-
-def quick_config(upstream: str) -> dict[str, Any]:
-    """`--upstream URL`: one cluster, one catch-all route."""
-    return {"clusters": [{"name": "upstream", "endpoints": [{"url": upstream}]}],
-            "routes": [{"name": "default", "prefix": "/", "cluster": "upstream"}]}
-
-
-async def _run(args: argparse.Namespace) -> int:
-    demo_runner: web.AppRunner | None = None
-    overrides = _overrides(args)
-    if args.config:
-        source = ConfigSource(path=args.config, ext_vars=dict(args.ext_str), jpath=args.jpath,
-                              overrides=overrides)
-    elif args.upstream:
-        source = ConfigSource(data=quick_config(args.upstream), overrides=overrides)
-    else:
-        from .demo import demo_app, demo_config
-
-        demo_runner = web.AppRunner(demo_app(), access_log=None)
-        await demo_runner.setup()
-        site = web.TCPSite(demo_runner, "127.0.0.1", 0)
-        await site.start()
-        source = ConfigSource(data=demo_config(f"http://127.0.0.1:{_bound_port(site._server)}"),
-                              overrides=overrides, label="<embedded>")
-    try:
-        config = source.load()
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"{exc.source}: {issue}", file=sys.stderr)
-        return 1
-    setup_logging(config.logging.level)
-    sidecar = Sidecar(source, config)
-    try:
-        await sidecar.start()
-    except OSError as exc:
-        log.error("cannot listen", extra={
-            "error": str(exc),
-            "hint": "another process has the port; choose others with --listen, "
-                    "--admin-grpc, --admin-http (port 0 picks a free one)"})
-        await sidecar.stop(0)
-        return 1
-    sidecar.install_signal_handlers()
-    sidecar.start_background(watch=not args.no_watch)
-    if demo_runner is not None:
-        port = sidecar.ports["listener"]
-        host = parse_host_port(config.listener.address, allow_zero_port=True).host
-        print(f"\nsidecar demo is up. Try:\n"
-              f"  curl -i http://{host}:{port}/hello\n"
-              f"  curl -i 'http://{host}:{port}/api/users?id=7'    (rewritten to /v1/users)\n"
-              f"  curl -s http://127.0.0.1:{sidecar.ports['admin_http']}/metrics | grep sidecar_\n"
-              f"  .venv/bin/sidecarctl endpoints list\n"
-              f"  .venv/bin/sidecarctl watch\n", file=sys.stderr, flush=True)
-    await sidecar.wait_stopped()
-    if demo_runner is not None:
-        await demo_runner.cleanup()
-    return 0
-
-
-def tune_malloc() -> None:
-    """Stop glibc from giving the heap top back after every response and taking it
-    again for the next: with 64 KiB bodies that churn was a brk() per few requests,
-    each followed by page faults on fresh pages. The cost is that up to 32 MiB freed
-    after a burst stays mapped. No-op where glibc's mallopt is not available."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_trim_threshold, 32 * 1024 * 1024)
-    mallopt(m_mmap_threshold, 4 * 1024 * 1024)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    tune_malloc()
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_run(args))
-    return uvloop.run(_run(args))

@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .addresses import UpstreamAddress, parse_upstream_url
-from .clock import Clock, WallClock
-from .config import NAME_PATTERN, ClusterSettings, SidecarConfig
-from .errors import EndpointExists, EndpointNotFound, EndpointNotRemovable, InvalidEndpoint
+from sidecar.config.model import NAME_PATTERN, ClusterSettings, SidecarConfig
+from sidecar.core.addresses import UpstreamAddress, parse_upstream_url
+from sidecar.core.clock import Clock, SystemClock
+from sidecar.errors import EndpointExists, EndpointNotFound, EndpointNotRemovable, InvalidEndpoint
 
 __all__ = [
     "ClusterMembers",
@@ -149,7 +149,7 @@ class Registry:
     """Endpoints by cluster, with validation, events and an optional state file."""
 
     def __init__(self, clock: Clock | None = None, state_file: str | None = None) -> None:
-        self._clock = clock or WallClock()
+        self._clock = clock or SystemClock()
         self._state_file = state_file
         self.clusters: dict[str, ClusterMembers] = {}
         self.config_info: ConfigInfo | None = None
@@ -175,7 +175,7 @@ class Registry:
 
     def _emit(self, kind: EventKind, **fields: Any) -> None:
         self._sequence += 1
-        event = RegistryEvent(self._sequence, self._clock.now(), kind, **fields)
+        event = RegistryEvent(self._sequence, self._clock.wall(), kind, **fields)
         for listener in tuple(self._listeners):
             try:
                 listener(event)
@@ -228,7 +228,7 @@ class Registry:
         else:
             members = ClusterMembers(cluster, self._defaults, declared=False)
             self.clusters[cluster] = members
-        now = self._clock.now()
+        now = self._clock.wall()
         endpoint = Endpoint(cluster, endpoint_id, address, weight, status,
                             EndpointSource.ADMIN, labels, now, now)
         members.endpoints[endpoint_id] = endpoint
@@ -255,7 +255,7 @@ class Registry:
         if previous is status:
             return endpoint.info()
         endpoint.status = status
-        endpoint.update_time = self._clock.now()
+        endpoint.update_time = self._clock.wall()
         self.clusters[cluster].rebuild()
         if endpoint.source is EndpointSource.ADMIN:
             self._save_state()
@@ -282,7 +282,7 @@ class Registry:
         its ADMIN endpoints, with the cluster defaults.
         """
         self._defaults = config.cluster_defaults
-        now = self._clock.now()
+        now = self._clock.wall()
         wanted = {c.name: c for c in config.clusters}
         admin_changed = False
         # Clusters no longer declared: drop CONFIG endpoints, keep ADMIN ones as dynamic.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from sidecar.config import parse_config
+from sidecar.config.model import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.app import ConfigSource, Sidecar
+from sidecar.app import Sidecar
+from sidecar.reload import ConfigSource
 
 LOOPBACK_ADDRESSES = {
     "listener": {"address": "127.0.0.1:0"},

@@ -181,6 +181,6 @@ async def test_run_flags_ext_str_timeout_and_log_level(start_upstream, run_sidec
         assert resp.status == 504
     assert gate.arrived.is_set()
     sidecar.proc.send_signal(signal.SIGHUP)
-    unchanged = await sidecar.log_line("config unchanged")  # logged at debug level only
-    assert unchanged["level"] == "debug"
+    unchanged = await sidecar.log_line("config unchanged")  # an operator's SIGHUP is answered
+    assert unchanged["level"] == "info" and unchanged["reason"] == "SIGHUP"
     gate.release.set()

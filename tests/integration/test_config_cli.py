@@ -182,7 +182,7 @@ def test_validate_without_the_env_ext_var(capsysbinary: pytest.CaptureFixture[by
 
 @pytest.fixture(scope="module")
 def schema() -> dict[str, Any]:
-    from sidecar.configcli import config_schema
+    from sidecar.config.commands import config_schema
 
     return config_schema()
 

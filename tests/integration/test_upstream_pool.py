@@ -19,10 +19,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.addresses import UpstreamAddress
+from sidecar.core.addresses import UpstreamAddress
+from sidecar.dataplane.connection import HIGH_WATER, UpstreamConnection
+from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
 from sidecar.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamReset
-from sidecar.upstream import UpstreamPool, UpstreamResponse
-from sidecar.upstream_protocol import HIGH_WATER, UpstreamConnection
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 GET = b"GET /x HTTP/1.1\r\nHost: upstream\r\n\r\n"

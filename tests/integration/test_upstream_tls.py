@@ -12,8 +12,8 @@ import pytest
 import trustme
 from aiohttp.test_utils import TestServer
 
-from sidecar.app import ConfigSource
 from sidecar.errors import ConfigError
+from sidecar.reload import ConfigSource
 
 from .conftest import LOOPBACK_ADDRESSES, Seen, base_url, echo_app, merge
 

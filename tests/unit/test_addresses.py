@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.addresses import HostPort, UpstreamAddress, parse_host_port, parse_upstream_url
+from sidecar.core.addresses import HostPort, UpstreamAddress, parse_host_port, parse_upstream_url
 
 # ------------------------------------------------------------ parse_upstream_url
 

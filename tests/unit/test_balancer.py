@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from sidecar.balancer import (
+from sidecar.core.balancer import (
     Balancer,
     LeastRequest,
     RandomBalancer,

@@ -1,4 +1,4 @@
-"""sidecar.config (the model) and configs/sidecar.libsonnet (which must agree with it)."""
+"""sidecar.config.model (the model) and configs/sidecar.libsonnet (which must agree with it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from sidecar.config import (
+from sidecar.config.loader import render
+from sidecar.config.model import (
     AdminConfig,
     ClusterConfig,
     ClusterSettings,
@@ -24,7 +25,6 @@ from sidecar.config import (
     parse_duration,
 )
 from sidecar.errors import ConfigError
-from sidecar.loader import render
 
 
 def issues(data: Any) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sidecar.deadlines import DeadlineWheel
+from sidecar.dataplane.deadlines import DeadlineWheel
 
 
 async def test_deadline_fires_only_when_due_and_cancels_its_task() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.headers import (
+from sidecar.core.headers import (
     HOP_BY_HOP,
     VIA_PSEUDONYM,
     build_request_head,

@@ -1,4 +1,4 @@
-"""sidecar.loader: rendering, confined imports, bounds, and located errors."""
+"""sidecar.config.loader: rendering, confined imports, bounds, and located errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import config_version
-from sidecar.errors import ConfigError
-from sidecar.loader import (
+from sidecar.config.loader import (
     BUNDLED_LIBRARY_DIR,
     JSONNET_PATH_ENV,
     LoadedConfig,
@@ -19,6 +17,8 @@ from sidecar.loader import (
     load_config,
     render,
 )
+from sidecar.config.model import config_version
+from sidecar.errors import ConfigError
 
 GOOD = """\
 local sidecar = import 'sidecar.libsonnet';

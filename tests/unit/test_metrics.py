@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.clock import FakeClock
-from sidecar.metrics import DURATION_BUCKETS, Metrics, RequestStats
+from sidecar.core.clock import FakeClock
+from sidecar.observe.metrics import DURATION_BUCKETS, Metrics, RequestStats
 from sidecar.registry import ConfigInfo, EndpointStatus, Registry
 
 PROMTOOL = "/usr/bin/promtool"

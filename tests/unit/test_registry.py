@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.clock import FakeClock
-from sidecar.config import SidecarConfig, parse_config
+from sidecar.config.model import SidecarConfig, parse_config
+from sidecar.core.clock import FakeClock
 from sidecar.errors import (
     EndpointExists,
     EndpointNotFound,

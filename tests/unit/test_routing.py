@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import RouteConfig
+from sidecar.config.model import RouteConfig
+from sidecar.core.routing import ORCHESTRATOR_ROUTE, RouteMatch, RouteTable, normalize_path
 from sidecar.errors import MethodNotAllowed, NoRoute
-from sidecar.routing import ORCHESTRATOR_ROUTE, RouteMatch, RouteTable, normalize_path
 
 
 def route(prefix: str, cluster: str = "web", **kwargs: Any) -> RouteConfig:

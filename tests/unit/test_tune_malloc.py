@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.app import tune_malloc
+from sidecar.dataplane.malloc import tune_malloc
 
 
 def test_tune_malloc_is_idempotent_and_harmless() -> None:

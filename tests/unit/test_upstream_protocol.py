@@ -13,10 +13,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.addresses import UpstreamAddress
-from sidecar.errors import UpstreamProtocolError, UpstreamReset
-from sidecar.upstream import UpstreamPool
-from sidecar.upstream_protocol import (
+from sidecar.core.addresses import UpstreamAddress
+from sidecar.dataplane.connection import (
     BODY,
     CLOSED,
     HIGH_WATER,
@@ -25,6 +23,8 @@ from sidecar.upstream_protocol import (
     UpstreamConnection,
     UpstreamResponse,
 )
+from sidecar.dataplane.pool import UpstreamPool
+from sidecar.errors import UpstreamProtocolError, UpstreamReset
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 

@@ -9,7 +9,7 @@ import pytest
 
 from admin.testing import load_config
 from admin.watch import Snapshot, Watcher, WatchHub
-from sidecar.clock import FakeClock
+from sidecar.core.clock import FakeClock
 from sidecar.registry import EndpointStatus, EventKind, Registry, RegistryEvent
 
 CONFIG = {

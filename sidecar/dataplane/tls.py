@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import ssl
 
-from .config import SidecarConfig, UpstreamTLS
-from .errors import ConfigIssue
+from sidecar.config.model import SidecarConfig, UpstreamTLS
+from sidecar.errors import ConfigIssue
 
 __all__ = ["client_context", "tls_issues"]
 

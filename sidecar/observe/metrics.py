@@ -1,4 +1,4 @@
-"""Prometheus metrics of the sidecar, and the admin HTTP app that serves them.
+"""Prometheus metrics of the sidecar: a collector over plain counters (served by admin.http).
 
 The data path counts into plain Python ints and lists (one event loop, no locks);
 a custom prometheus-client `Collector` turns them into metric families when
@@ -20,12 +20,9 @@ Exposed (all prefixed `sidecar_`):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -35,9 +32,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from sidecar.registry import Registry
 
-__all__ = ["DURATION_BUCKETS", "Metrics", "RequestStats", "make_admin_app"]
+__all__ = ["DURATION_BUCKETS", "Metrics", "RequestStats"]
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                     5.0, 10.0, 30.0)
@@ -126,7 +123,7 @@ class Metrics(Collector):
             yield from self._collect_registry(self.registry)
 
     def _collect_registry(self, registry: Registry) -> Iterator[Metric]:
-        from .registry import EndpointStatus
+        from sidecar.registry import EndpointStatus
 
         endpoints = GaugeMetricFamily("sidecar_endpoints", "Endpoints by cluster and status.",
                                       labels=["cluster", "status"])
@@ -144,29 +141,3 @@ class Metrics(Collector):
                                        "value is always 1.", labels=["version", "source"])
             config.add_metric([info.version[:12], info.source], 1)
             yield config
-
-
-def make_admin_app(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> web.Application:
-    """The admin HTTP port: /metrics, /live, /ready.
-
-    `ready()` returns (is_ready, reason); /ready answers 503 with the reason until ready.
-    """
-    registry = CollectorRegistry()
-    registry.register(metrics)
-    for collector in (ProcessCollector, PlatformCollector, GCCollector):
-        collector(registry=registry)
-    metrics_handler = make_aiohttp_handler(registry)
-
-    async def live(request: web.Request) -> web.Response:
-        return web.json_response({"status": "live"})
-
-    async def ready_handler(request: web.Request) -> web.Response:
-        ok, reason = ready()
-        return web.json_response({"status": "ready" if ok else "not_ready", "reason": reason},
-                                 status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/live", live)
-    app.router.add_get("/ready", ready_handler)
-    return app

@@ -30,9 +30,9 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 
-from sidecar.addresses import UpstreamAddress
+from sidecar.core.addresses import UpstreamAddress
+from sidecar.dataplane.connection import StaleConnection, UpstreamConnection, UpstreamResponse
 from sidecar.errors import UpstreamConnectError, UpstreamReset
-from sidecar.upstream_protocol import StaleConnection, UpstreamConnection, UpstreamResponse
 
 __all__ = ["UpstreamPool", "UpstreamResponse"]
 

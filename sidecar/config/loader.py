@@ -40,8 +40,8 @@ from typing import Any
 
 import _jsonnet
 
-from .config import SidecarConfig, config_version, parse_config
-from .errors import ConfigError, ConfigIssue
+from sidecar.config.model import SidecarConfig, config_version, parse_config
+from sidecar.errors import ConfigError, ConfigIssue
 
 __all__ = [
     "BUNDLED_LIBRARY_DIR",
@@ -54,8 +54,9 @@ __all__ = [
     "render_data",
 ]
 
-#: The bundled Jsonnet library (`sidecar.libsonnet`), always importable.
-BUNDLED_LIBRARY_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The bundled Jsonnet library (`sidecar.libsonnet`), package data beside this module:
+#: always importable, in a source checkout and after `pip install` alike.
+BUNDLED_LIBRARY_DIR = Path(__file__).resolve().parent
 #: More library directories, separated by os.pathsep; the left-most wins.
 JSONNET_PATH_ENV = "SIDECAR_JSONNET_PATH"
 

@@ -29,10 +29,20 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from .balancer import Balancer, make_balancer
-from .config import ClusterSettings, SidecarConfig
-from .deadlines import DeadlineWheel
-from .errors import (
+from sidecar.config.model import ClusterSettings, SidecarConfig
+from sidecar.core.balancer import Balancer, make_balancer
+from sidecar.core.clock import Clock, SystemClock
+from sidecar.core.headers import (
+    build_request_head,
+    build_response_head,
+    new_request_id,
+    valid_request_id,
+)
+from sidecar.core.routing import RouteTable, normalize_path
+from sidecar.dataplane.deadlines import DeadlineWheel
+from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
+from sidecar.dataplane.tls import client_context
+from sidecar.errors import (
     BadRequest,
     MethodNotAllowed,
     NoHealthyEndpoint,
@@ -43,13 +53,9 @@ from .errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from .headers import build_request_head, build_response_head, new_request_id, valid_request_id
-from .logs import access_logger, request_id_var
-from .metrics import Metrics
-from .registry import Endpoint, Registry
-from .routing import RouteTable, normalize_path
-from .tls import client_context
-from .upstream import UpstreamPool, UpstreamResponse
+from sidecar.observe.logs import access_logger, request_id_var
+from sidecar.observe.metrics import Metrics
+from sidecar.registry import Endpoint, Registry
 
 __all__ = ["DataPlaneState", "Proxy", "ProxyResponse", "error_response"]
 
@@ -172,13 +178,15 @@ class Proxy:
     """The aiohttp low-level handler (`web.Server(proxy.handle)`)."""
 
     def __init__(self, registry: Registry, metrics: Metrics, state: DataPlaneState,
-                 *, proto: bytes = b"http", clock: Callable[[], float] | None = None) -> None:
+                 *, proto: bytes = b"http", clock: Clock | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
         self.state = state
         self.access_log = state.config.logging.access_log
         self._proto = proto
-        self._clock = clock or time.monotonic
+        # The system clock's own builtin on the hot path: a bound method costs a frame.
+        self._clock: Callable[[], float] = (
+            time.monotonic if clock is None or isinstance(clock, SystemClock) else clock.now)
         self._pools: dict[tuple[str, str], UpstreamPool] = {}
         self._deadlines = DeadlineWheel(asyncio.get_running_loop())
 

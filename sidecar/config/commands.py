@@ -1,4 +1,4 @@
-"""`sidecar config render|validate|schema`: the command-line face of `sidecar.loader`.
+"""`sidecar config render|validate|schema`: the command-line face of `sidecar.config.loader`.
 
 Output is for people and for CI scripts alike: rendered JSON goes to stdout
 byte for byte as the stock `jsonnet` CLI prints it; every problem is one line
@@ -14,9 +14,9 @@ import json
 from importlib import metadata
 from typing import Any, TextIO
 
-from .config import SidecarConfig
-from .errors import ConfigError
-from .loader import load_config, render
+from sidecar.config.loader import load_config, render
+from sidecar.config.model import SidecarConfig
+from sidecar.errors import ConfigError
 
 __all__ = ["SCHEMA_DIALECT", "SCHEMA_ID", "VERSION_CHARS", "cmd_render", "cmd_schema",
            "cmd_validate", "config_schema"]

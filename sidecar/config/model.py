@@ -25,8 +25,8 @@ from pydantic import (
     field_validator,
 )
 
-from .addresses import parse_host_port, parse_upstream_url
-from .errors import ConfigError, ConfigIssue
+from sidecar.core.addresses import parse_host_port, parse_upstream_url
+from sidecar.errors import ConfigError, ConfigIssue
 
 __all__ = [
     "AdminConfig",

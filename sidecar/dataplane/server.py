@@ -17,10 +17,10 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from .config import ListenerConfig
-from .errors import BadRequest, HeadersTooLarge, InternalError, ProxyError, UriTooLong
-from .headers import new_request_id
-from .proxy import Proxy, error_response
+from sidecar.config.model import ListenerConfig
+from sidecar.core.headers import new_request_id
+from sidecar.dataplane.proxy import Proxy, error_response
+from sidecar.errors import BadRequest, HeadersTooLarge, InternalError, ProxyError, UriTooLong
 
 __all__ = ["SidecarServer", "make_server"]
 

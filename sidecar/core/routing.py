@@ -26,8 +26,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .config import NAME_PATTERN, RouteConfig
-from .errors import MethodNotAllowed, NoRoute
+from sidecar.config.model import NAME_PATTERN, RouteConfig
+from sidecar.errors import MethodNotAllowed, NoRoute
 
 __all__ = ["ORCHESTRATOR_ROUTE", "Route", "RouteMatch", "RouteTable", "normalize_path"]
 

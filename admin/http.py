@@ -1,0 +1,43 @@
+"""The admin HTTP port: /metrics for Prometheus, /live and /ready for the orchestrator.
+
+aiohttp serves it in the sidecar's one event loop. `/metrics` exposes the sidecar's
+collector plus the process, platform and GC collectors of prometheus-client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from sidecar.observe.metrics import Metrics
+
+__all__ = ["make_admin_app"]
+
+
+def make_admin_app(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> web.Application:
+    """The admin HTTP port: /metrics, /live, /ready.
+
+    `ready()` returns (is_ready, reason); /ready answers 503 with the reason until ready.
+    """
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    metrics_handler = make_aiohttp_handler(registry)
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"status": "live"})
+
+    async def ready_handler(request: web.Request) -> web.Response:
+        ok, reason = ready()
+        return web.json_response({"status": "ready" if ok else "not_ready", "reason": reason},
+                                 status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/live", live)
+    app.router.add_get("/ready", ready_handler)
+    return app

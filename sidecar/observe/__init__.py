@@ -1,0 +1,1 @@
+"""What operators look at: Prometheus metrics (a collector) and structured JSON logs."""
