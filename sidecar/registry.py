@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.config.model import NAME_PATTERN, ClusterSettings, SidecarConfig
+from sidecar.config.model import ClusterSettings, SidecarConfig
+from sidecar.config.types import NAME_PATTERN
 from sidecar.core.addresses import UpstreamAddress, parse_upstream_url
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.errors import EndpointExists, EndpointNotFound, EndpointNotRemovable, InvalidEndpoint

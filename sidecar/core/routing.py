@@ -26,7 +26,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sidecar.config.model import NAME_PATTERN, RouteConfig
+from sidecar.config.model import RouteConfig
+from sidecar.config.types import NAME_PATTERN
 from sidecar.errors import MethodNotAllowed, NoRoute
 
 __all__ = ["ORCHESTRATOR_ROUTE", "Route", "RouteMatch", "RouteTable", "normalize_path"]
