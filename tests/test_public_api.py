@@ -18,16 +18,22 @@ GENERATED = ("sidecar.admin", "admin.client")
 NO_EXPORTS = ("__main__",)  # entry points
 
 
-def _modules() -> list[str]:
+def _walk(path: list[str], prefix: str) -> list[str]:
+    """Like pkgutil.walk_packages, without importing anything (nor generated code)."""
     names = []
-    for package in (sidecar, admin):
-        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-            if info.ispkg or info.name.startswith(GENERATED):
-                continue
-            if info.name.rsplit(".", 1)[-1] in NO_EXPORTS:
-                continue
+    for info in pkgutil.iter_modules(path, prefix):
+        if info.name.startswith(GENERATED):
+            continue
+        if info.ispkg:
+            names.extend(_walk([f"{path[0]}/{info.name.rsplit('.', 1)[-1]}"], info.name + "."))
+        elif info.name.rsplit(".", 1)[-1] not in NO_EXPORTS:
             names.append(info.name)
-    return sorted(names)
+    return names
+
+
+def _modules() -> list[str]:
+    return sorted(name for package in (sidecar, admin)
+                  for name in _walk(list(package.__path__), package.__name__ + "."))
 
 
 MODULES = _modules()
