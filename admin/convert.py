@@ -27,7 +27,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.admin.v1 import resources_pb2 as res
 from sidecar.errors import EndpointExists, EndpointNotFound, EndpointNotRemovable, InvalidEndpoint
-from sidecar.registry import ConfigInfo, EndpointInfo, EndpointStatus, EventKind, RegistryEvent
+from sidecar.events import Event, EventKind
+from sidecar.registry import ConfigInfo, EndpointInfo, EndpointStatus
 
 from .watch import Snapshot, WatchItem
 
@@ -130,18 +131,18 @@ def config_info_to_proto(info: ConfigInfo) -> res.ConfigInfo:
     )
 
 
-def _endpoint_added(event: RegistryEvent) -> dict[str, object]:
+def _endpoint_added(event: Event) -> dict[str, object]:
     assert event.endpoint is not None
     return {"endpoint_added": res.EndpointAdded(endpoint=endpoint_to_proto(event.endpoint))}
 
 
-def _endpoint_removed(event: RegistryEvent) -> dict[str, object]:
+def _endpoint_removed(event: Event) -> dict[str, object]:
     assert event.endpoint is not None
     return {"endpoint_removed": res.EndpointRemoved(
         endpoint=endpoint_to_proto(event.endpoint), reason=event.reason)}
 
 
-def _endpoint_status_changed(event: RegistryEvent) -> dict[str, object]:
+def _endpoint_status_changed(event: Event) -> dict[str, object]:
     assert event.endpoint is not None
     previous = int(event.previous_status) if event.previous_status is not None else 0
     return {"endpoint_status_changed": res.EndpointStatusChanged(
@@ -149,12 +150,12 @@ def _endpoint_status_changed(event: RegistryEvent) -> dict[str, object]:
         reason=event.reason)}
 
 
-def _config_loaded(event: RegistryEvent) -> dict[str, object]:
+def _config_loaded(event: Event) -> dict[str, object]:
     assert event.config is not None
     return {"config_loaded": res.ConfigLoaded(config=config_info_to_proto(event.config))}
 
 
-_EVENT_FIELDS: Mapping[EventKind, Callable[[RegistryEvent], dict[str, object]]] = {
+_EVENT_FIELDS: Mapping[EventKind, Callable[[Event], dict[str, object]]] = {
     EventKind.ENDPOINT_ADDED: _endpoint_added,
     EventKind.ENDPOINT_REMOVED: _endpoint_removed,
     EventKind.ENDPOINT_STATUS_CHANGED: _endpoint_status_changed,
@@ -162,7 +163,7 @@ _EVENT_FIELDS: Mapping[EventKind, Callable[[RegistryEvent], dict[str, object]]] 
 }
 
 
-def event_to_proto(event: RegistryEvent) -> res.StatusEvent:
+def event_to_proto(event: Event) -> res.StatusEvent:
     change = _EVENT_FIELDS[event.kind](event)
     return res.StatusEvent(sequence=event.sequence, time=timestamp(event.time),
                            **change)  # type: ignore[arg-type]

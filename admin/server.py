@@ -20,7 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sidecar.admin.v1 import admin_service_pb2_grpc as api_grpc
-from sidecar.registry import EventKind, Registry, RegistryEvent
+from sidecar.events import Event, EventKind
+from sidecar.registry import Registry
 
 from .service import SERVICE_NAME, AdminService
 from .watch import DEFAULT_MAX_QUEUE, WatchHub
@@ -93,7 +94,7 @@ class AdminServer:
             raise OSError(f"admin gRPC server cannot listen on {address}: {error}")
 
         await self._apply_health()
-        self._unsubscribe = self._registry.subscribe(self._on_event)
+        self._unsubscribe = self._registry.bus.subscribe(self._on_event)
         self._health_task = asyncio.create_task(self._health_pump(),
                                                 name="admin-health")
         await server.start()
@@ -118,7 +119,7 @@ class AdminServer:
 
     # ------------------------------------------------------------ health
 
-    def _on_event(self, event: RegistryEvent) -> None:
+    def _on_event(self, event: Event) -> None:
         if event.kind is EventKind.CONFIG_LOADED:
             self._health_dirty.set()
 

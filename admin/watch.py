@@ -33,7 +33,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sidecar.registry import ConfigInfo, EndpointInfo, EventKind, Registry, RegistryEvent
+from sidecar.events import Event, EventKind
+from sidecar.registry import ConfigInfo, EndpointInfo, Registry
 
 __all__ = ["DEFAULT_MAX_QUEUE", "Snapshot", "WatchHub", "WatchItem", "Watcher"]
 
@@ -49,7 +50,7 @@ class Snapshot:
     sequence: int
 
 
-WatchItem = Snapshot | RegistryEvent
+WatchItem = Snapshot | Event
 
 
 class Watcher:
@@ -71,18 +72,18 @@ class Watcher:
         self.cluster = cluster
         self._max_queue = max_queue
         self._on_close = on_close
-        self._queue: deque[RegistryEvent] = deque()
+        self._queue: deque[Event] = deque()
         self._needs_snapshot = True
         self._last_sequence = -1
         self._closed = False
         self._wakeup = asyncio.Event()
         self.overflows = 0  # times the queue was dropped for a fresh snapshot
         # Subscribe first: the snapshot is taken later, by the first pop_nowait().
-        self._unsubscribe: Callable[[], None] | None = registry.subscribe(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = registry.bus.subscribe(self._on_event)
 
     # ------------------------------------------------------------ registry side
 
-    def _on_event(self, event: RegistryEvent) -> None:
+    def _on_event(self, event: Event) -> None:
         if self._closed or self._needs_snapshot or not self._wanted(event):
             return
         if len(self._queue) >= self._max_queue:
@@ -94,7 +95,7 @@ class Watcher:
             self._queue.append(event)
         self._wakeup.set()
 
-    def _wanted(self, event: RegistryEvent) -> bool:
+    def _wanted(self, event: Event) -> bool:
         if not self.cluster or event.kind is EventKind.CONFIG_LOADED:
             return True
         return event.endpoint is not None and event.endpoint.cluster == self.cluster

@@ -30,7 +30,7 @@ from sidecar.core.addresses import parse_host_port
 from sidecar.dataplane.proxy import DataPlaneState, Proxy
 from sidecar.observe.logs import set_level
 from sidecar.observe.metrics import Metrics
-from sidecar.registry import ConfigInfo, EventKind, Registry, RegistryEvent
+from sidecar.registry import ConfigInfo, Registry
 from sidecar.reload import ConfigSource, Reloader
 
 __all__ = ["Sidecar", "bound_port"]
@@ -65,7 +65,6 @@ class Sidecar:
         from sidecar.dataplane.server import make_server
 
         config = self.config
-        self.registry.subscribe(self._on_registry_event)
         self.registry.apply_config(config, self._info(config, config_version(config)))
         restored = self.registry.load_state()
         if restored:
@@ -149,10 +148,6 @@ class Sidecar:
         info = self.registry.config_info
         assert info is not None
         return info.version
-
-    def _on_registry_event(self, event: RegistryEvent) -> None:
-        if event.kind is EventKind.ENDPOINT_REMOVED and event.endpoint and self.proxy:
-            self.proxy.forget_endpoint(event.endpoint.cluster, event.endpoint.id)
 
     # ------------------------------------------------------------ reload
 

@@ -1,13 +1,18 @@
-"""The endpoint registry: which endpoints each cluster has, their status, and every change.
+"""The endpoint registry: which endpoints each cluster has, and what operators set for them.
 
 Endpoints come from two sources: the configuration file (`CONFIG`, reconciled on
 every reload) and the admin API (`ADMIN`, kept across reloads and, with a state
-file, across restarts). Every change is an `RegistryEvent` with a sequence
-number, delivered synchronously to subscribers (the admin WatchStatus streams,
-the data plane's pool cleanup).
+file, across restarts). The registry owns membership and operator intent
+(`OperatorStatus`: ACTIVE, DISABLED, DRAINING), which is what the state file keeps.
+What the sidecar observes at run time (requests in flight, pools, health, breakers)
+lives in each endpoint's `Host`, grouped per cluster in a `HostSet`
+(`sidecar.core.hosts`); it is never persisted, and it survives reloads because a
+reload changes clusters and endpoints in place.
 
-The data plane reads `ClusterMembers.routable`, a tuple rebuilt on each change
-(copy-on-write), so the hot path never sees a list being mutated and never locks.
+Every change is published on the `EventBus` (`sidecar.events`), synchronously,
+with its sequence number. The API's `EndpointStatus` is computed from intent and
+observation; `observed()` is how an observer (breaker, health checker) says that
+it changed what it observed, so the status event goes out.
 
 Every mutating call validates everything first and changes nothing on error.
 """
@@ -21,15 +26,17 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sidecar.config.model import ClusterSettings, SidecarConfig
 from sidecar.config.types import NAME_PATTERN
 from sidecar.core.addresses import UpstreamAddress, parse_upstream_url
 from sidecar.core.clock import Clock, SystemClock
+from sidecar.core.hosts import EndpointStatus, Host, HostSet, OperatorStatus
 from sidecar.errors import EndpointExists, EndpointNotFound, EndpointNotRemovable, InvalidEndpoint
+from sidecar.events import EventBus, EventKind
 
 __all__ = [
     "ClusterMembers",
@@ -38,9 +45,8 @@ __all__ = [
     "EndpointInfo",
     "EndpointSource",
     "EndpointStatus",
-    "EventKind",
+    "OperatorStatus",
     "Registry",
-    "RegistryEvent",
 ]
 
 log = logging.getLogger("sidecar.registry")
@@ -49,25 +55,9 @@ _ENDPOINT_ID = re.compile(r"[A-Za-z0-9_\[\]][A-Za-z0-9_.:\[\]\-]{0,127}")
 _MAX_LABEL_KEY, _MAX_LABEL_VALUE, _MAX_LABELS = 63, 255, 64
 
 
-class EndpointStatus(enum.IntEnum):
-    """Numbers equal the proto enum's, so conversion is a cast."""
-
-    ACTIVE = 1
-    UNHEALTHY = 2
-    DISABLED = 3
-    DRAINING = 4
-
-
 class EndpointSource(enum.IntEnum):
     CONFIG = 1
     ADMIN = 2
-
-
-class EventKind(enum.Enum):
-    ENDPOINT_ADDED = "endpoint_added"
-    ENDPOINT_REMOVED = "endpoint_removed"
-    ENDPOINT_STATUS_CHANGED = "endpoint_status_changed"
-    CONFIG_LOADED = "config_loaded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,24 +78,27 @@ class EndpointInfo:
 
 @dataclass(eq=False, slots=True)
 class Endpoint:
-    """A live endpoint. `active_requests` and `pool` belong to the data plane."""
+    """A registered endpoint: identity and operator intent. Runtime state is in `host`."""
 
     cluster: str
     id: str
     address: UpstreamAddress
     weight: int
-    status: EndpointStatus
+    operator: OperatorStatus
     source: EndpointSource
     labels: Mapping[str, str]
     create_time: float
     update_time: float
-    active_requests: int = 0
-    pool: Any = None
+    host: Host
+
+    @property
+    def status(self) -> EndpointStatus:
+        return self.host.status
 
     def info(self) -> EndpointInfo:
         return EndpointInfo(self.cluster, self.id, self.address.url, self.weight, self.status,
                             self.source, dict(self.labels), self.create_time, self.update_time,
-                            self.active_requests)
+                            self.host.active_requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,71 +110,48 @@ class ConfigInfo:
     route_count: int
 
 
-@dataclass(frozen=True, slots=True)
-class RegistryEvent:
-    sequence: int
-    time: float
-    kind: EventKind
-    endpoint: EndpointInfo | None = None
-    previous_status: EndpointStatus | None = None
-    reason: str = ""
-    config: ConfigInfo | None = None
-
-
 @dataclass(eq=False, slots=True)
 class ClusterMembers:
-    """One cluster's endpoints. `routable` is what the load balancer picks from."""
+    """One cluster: its endpoints (intent) and its `HostSet` (runtime)."""
 
     name: str
     settings: ClusterSettings
     declared: bool  # in the config file; otherwise created by a registration
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    routable: tuple[Endpoint, ...] = ()
+    hosts: HostSet
+    endpoints: dict[str, Endpoint]
 
-    def rebuild(self) -> None:
-        self.routable = tuple(ep for ep in sorted(self.endpoints.values(), key=lambda e: e.id)
-                              if ep.status is EndpointStatus.ACTIVE)
+    @property
+    def routable(self) -> tuple[Host, ...]:
+        """What the load balancer picks from (see `HostSet.usable`)."""
+        return self.hosts.usable
+
+    def configure(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self.hosts.configure(settings)
 
 
-Listener = Callable[[RegistryEvent], None]
+def _members(name: str, settings: ClusterSettings, declared: bool) -> ClusterMembers:
+    return ClusterMembers(name, settings, declared, HostSet(name, settings), {})
 
 
 class Registry:
     """Endpoints by cluster, with validation, events and an optional state file."""
 
-    def __init__(self, clock: Clock | None = None, state_file: str | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, state_file: str | None = None,
+                 bus: EventBus | None = None) -> None:
         self._clock = clock or SystemClock()
         self._state_file = state_file
+        self.bus = bus or EventBus(self._clock)
         self.clusters: dict[str, ClusterMembers] = {}
         self.config_info: ConfigInfo | None = None
         self._defaults = ClusterSettings()
-        self._sequence = 0
-        self._listeners: list[Listener] = []
-
-    # ------------------------------------------------------------ events
 
     @property
     def sequence(self) -> int:
-        return self._sequence
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call `listener` for every event from now on; returns the unsubscribe function."""
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
+        return self.bus.sequence
 
     def _emit(self, kind: EventKind, **fields: Any) -> None:
-        self._sequence += 1
-        event = RegistryEvent(self._sequence, self._clock.wall(), kind, **fields)
-        for listener in tuple(self._listeners):
-            try:
-                listener(event)
-            except Exception:  # a broken subscriber must not break the registry
-                log.exception("registry listener failed")
+        self.bus.publish(kind, **fields)
 
     # ------------------------------------------------------------ queries
 
@@ -205,7 +175,11 @@ class Registry:
 
     def snapshot(self, cluster: str | None = None
                  ) -> tuple[builtins.list[EndpointInfo], ConfigInfo | None, int]:
-        return self.list(cluster), self.config_info, self._sequence
+        return self.list(cluster), self.config_info, self.bus.sequence
+
+    def endpoint(self, cluster: str, endpoint_id: str) -> Endpoint:
+        """The live endpoint (raises EndpointNotFound)."""
+        return self._find(cluster, endpoint_id)
 
     def _find(self, cluster: str, endpoint_id: str) -> Endpoint:
         members = self.clusters.get(cluster)
@@ -227,13 +201,10 @@ class Registry:
         if members is not None:
             _check_unique(members, endpoint_id, address)
         else:
-            members = ClusterMembers(cluster, self._defaults, declared=False)
+            members = _members(cluster, self._defaults, declared=False)
             self.clusters[cluster] = members
-        now = self._clock.wall()
-        endpoint = Endpoint(cluster, endpoint_id, address, weight, status,
-                            EndpointSource.ADMIN, labels, now, now)
-        members.endpoints[endpoint_id] = endpoint
-        members.rebuild()
+        endpoint = self._add(members, endpoint_id, address, weight, OperatorStatus(status),
+                             EndpointSource.ADMIN, labels)
         self._save_state()
         info = endpoint.info()
         self._emit(EventKind.ENDPOINT_ADDED, endpoint=info, reason="registered")
@@ -251,24 +222,67 @@ class Registry:
 
     def set_status(self, cluster: str, endpoint_id: str, status: EndpointStatus,
                    reason: str) -> EndpointInfo:
+        """Set the operator's status: ACTIVE, DISABLED or DRAINING (UNHEALTHY is observed,
+        never set)."""
         endpoint = self._find(cluster, endpoint_id)
-        previous = endpoint.status
-        if previous is status:
+        if status is EndpointStatus.UNHEALTHY:
+            raise InvalidEndpoint("UNHEALTHY is what the sidecar observes; set ACTIVE, "
+                                  "DISABLED or DRAINING")
+        operator = OperatorStatus(status)
+        if endpoint.operator is operator:
             return endpoint.info()
-        endpoint.status = status
+        previous = endpoint.status
+        endpoint.operator = endpoint.host.operator = operator
         endpoint.update_time = self._clock.wall()
-        self.clusters[cluster].rebuild()
+        self.clusters[cluster].hosts.rebuild()
         if endpoint.source is EndpointSource.ADMIN:
             self._save_state()
         info = endpoint.info()
-        self._emit(EventKind.ENDPOINT_STATUS_CHANGED, endpoint=info, previous_status=previous,
-                   reason=reason)
+        if info.status is not previous:
+            self._emit(EventKind.ENDPOINT_STATUS_CHANGED, endpoint=info,
+                       previous_status=previous, reason=reason)
         return info
+
+    def observe(self, cluster: str, endpoint_id: str, *, ok: bool,
+                reason: str) -> EndpointInfo:
+        """Record what the sidecar observed of an endpoint (ok: usable as far as checks
+        and breakers go); publishes the status change, if there is one."""
+        host = self._find(cluster, endpoint_id).host
+        previous = host.status
+        host.observed_ok, host.observed_reason = ok, reason
+        self.observed(host, previous, reason)
+        return self._find(cluster, endpoint_id).info()
+
+    def observed(self, host: Host, previous: EndpointStatus, reason: str) -> None:
+        """An observer changed `host`'s observed state (health, breaker): recompute the
+        cluster's usable hosts and publish the status change, if there is one."""
+        members = self.clusters.get(host.cluster)
+        endpoint = members.endpoints.get(host.id) if members else None
+        if members is None or endpoint is None or endpoint.host is not host:
+            return  # removed meanwhile
+        members.hosts.rebuild()
+        if host.status is not previous:
+            endpoint.update_time = self._clock.wall()
+            self._emit(EventKind.ENDPOINT_STATUS_CHANGED, endpoint=endpoint.info(),
+                       previous_status=previous, reason=reason)
+
+    def _add(self, members: ClusterMembers, endpoint_id: str, address: UpstreamAddress,
+             weight: int, operator: OperatorStatus, source: EndpointSource,
+             labels: Mapping[str, str]) -> Endpoint:
+        now = self._clock.wall()
+        host = Host(members.name, endpoint_id, address, weight, operator)
+        endpoint = Endpoint(members.name, endpoint_id, address, weight, operator, source,
+                            labels, now, now, host)
+        members.endpoints[endpoint_id] = endpoint
+        members.hosts.add(host)
+        return endpoint
 
     def _remove(self, endpoint: Endpoint, reason: str) -> None:
         members = self.clusters[endpoint.cluster]
         del members.endpoints[endpoint.id]
-        members.rebuild()
+        members.hosts.remove(endpoint.id)
+        # Idle connections close now; requests in flight keep theirs until released.
+        endpoint.host.close_pool()
         if not members.declared and not members.endpoints:
             del self.clusters[endpoint.cluster]
         self._emit(EventKind.ENDPOINT_REMOVED, endpoint=endpoint.info(), reason=reason)
@@ -280,10 +294,11 @@ class Registry:
 
         An ADMIN endpoint whose id or URL the new file now declares in the same
         cluster gives way to the file's. A cluster the file stops declaring keeps
-        its ADMIN endpoints, with the cluster defaults.
+        its ADMIN endpoints, with the cluster defaults. Clusters and endpoints that
+        stay are changed in place, so their runtime state (pools, counters,
+        breakers) survives.
         """
         self._defaults = config.cluster_defaults
-        now = self._clock.wall()
         wanted = {c.name: c for c in config.clusters}
         admin_changed = False
         # Clusters no longer declared: drop CONFIG endpoints, keep ADMIN ones as dynamic.
@@ -291,7 +306,7 @@ class Registry:
             if name in wanted:
                 continue
             members.declared = False  # so removing its last endpoint removes the cluster
-            members.settings = self._defaults
+            members.configure(self._defaults)
             for endpoint in [e for e in members.endpoints.values()
                              if e.source is EndpointSource.CONFIG]:
                 self._remove(endpoint, "removed from config")
@@ -300,10 +315,10 @@ class Registry:
         for name, cluster in wanted.items():
             found = self.clusters.get(name)
             if found is None:
-                found = self.clusters[name] = ClusterMembers(name, cluster, declared=True)
+                found = self.clusters[name] = _members(name, cluster, declared=True)
             members = found
             members.declared = True
-            members.settings = cluster
+            members.configure(cluster)
             declared = {e.endpoint_id: e for e in cluster.endpoints}
             declared_urls = {parse_upstream_url(e.url) for e in cluster.endpoints}
             for endpoint in list(members.endpoints.values()):
@@ -317,15 +332,14 @@ class Registry:
             for endpoint_id, spec in declared.items():
                 current = members.endpoints.get(endpoint_id)
                 if current is not None:
-                    current.weight = spec.weight
+                    current.weight = current.host.weight = spec.weight
                     current.labels = dict(spec.labels)
                     continue
-                endpoint = Endpoint(name, endpoint_id, parse_upstream_url(spec.url), spec.weight,
-                                    EndpointStatus.ACTIVE, EndpointSource.CONFIG,
-                                    dict(spec.labels), now, now)
-                members.endpoints[endpoint_id] = endpoint
+                endpoint = self._add(members, endpoint_id, parse_upstream_url(spec.url),
+                                     spec.weight, OperatorStatus.ACTIVE, EndpointSource.CONFIG,
+                                     dict(spec.labels))
                 self._emit(EventKind.ENDPOINT_ADDED, endpoint=endpoint.info(), reason="config")
-            members.rebuild()
+            members.hosts.rebuild()
         self.config_info = info
         if admin_changed:
             # Only then: at start-up, before load_state(), saving would wipe the
@@ -349,13 +363,19 @@ class Registry:
         restored = 0
         for item in saved if isinstance(saved, list) else []:
             try:
-                self.register(item["cluster"], item["url"], endpoint_id=item["id"],
-                              weight=item.get("weight", 1),
-                              status=EndpointStatus.DISABLED if item.get("status") == "DISABLED"
-                              else EndpointStatus.ACTIVE,
-                              labels=item.get("labels") or {})
+                saved_status = item["status"] if "status" in item else "ACTIVE"
+                info = self.register(
+                    item["cluster"], item["url"], endpoint_id=item["id"],
+                    weight=item.get("weight", 1),
+                    status=EndpointStatus.DISABLED if saved_status == "DISABLED"
+                    else EndpointStatus.ACTIVE,
+                    labels=item.get("labels") or {})
+                if saved_status == "DRAINING":  # an operator's drain outlives a restart
+                    self.set_status(info.cluster, info.id, EndpointStatus.DRAINING,
+                                    "restored from the state file")
                 restored += 1
-            except (KeyError, TypeError, ValueError, EndpointExists, InvalidEndpoint) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError, EndpointExists,
+                    InvalidEndpoint) as exc:
                 log.warning("saved endpoint not restored", extra={"endpoint": item,
                                                                  "error": str(exc)})
         return restored
@@ -364,7 +384,7 @@ class Registry:
         if not self._state_file:
             return
         endpoints = [{"cluster": e.cluster, "id": e.id, "url": e.address.url, "weight": e.weight,
-                      "status": e.status.name, "labels": dict(e.labels)}
+                      "status": e.operator.name, "labels": dict(e.labels)}
                      for members in self.clusters.values() for e in members.endpoints.values()
                      if e.source is EndpointSource.ADMIN]
         directory = os.path.dirname(os.path.abspath(self._state_file))

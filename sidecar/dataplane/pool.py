@@ -30,8 +30,10 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 
+from sidecar.config.model import UpstreamTLS
 from sidecar.core.addresses import UpstreamAddress
 from sidecar.dataplane.connection import StaleConnection, UpstreamConnection, UpstreamResponse
+from sidecar.dataplane.tls import client_context
 from sidecar.errors import UpstreamConnectError, UpstreamReset
 
 __all__ = ["UpstreamPool", "UpstreamResponse"]
@@ -44,24 +46,32 @@ class UpstreamPool:
         ``UpstreamConnectError`` (the request never reached the upstream).
     max_idle: idle connections kept; more are closed on release.
     idle_timeout: seconds an idle connection is kept before it is closed.
-    ssl_context: for ``https`` endpoints; a default (verifying) context if None.
-    server_name: SNI and certificate name for ``https``; the address's host if None.
+    tls: the cluster's TLS settings for ``https`` endpoints (CA file, SNI name,
+        verification); kept as ``pool.tls`` so that a reload can tell whether they changed.
+    ssl_context, server_name: explicit TLS context and SNI name instead of ``tls``
+        (tests and tools); a default verifying context and the address's host if None.
     """
 
     def __init__(self, address: UpstreamAddress, *, connect_timeout: float,
                  max_idle: int = 64, idle_timeout: float = 60.0,
+                 tls: UpstreamTLS | None = None,
                  ssl_context: ssl.SSLContext | None = None,
                  server_name: str | None = None) -> None:
         self.address = address
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
+        #: The TLS settings the pool was built with (compared on reload).
+        self.tls = tls
         self._ssl: ssl.SSLContext | None = None
         if address.scheme == "https":
-            self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
+            if ssl_context is None:
+                ssl_context = (client_context(tls) if tls is not None
+                               else ssl.create_default_context())
+            self._ssl = ssl_context
+            if server_name is None and tls is not None:
+                server_name = tls.server_name
         self._server_name = server_name or address.host
-        #: The TLS setting the pool was built with (its owner compares it on reload).
-        self.tls: object = None
         self._idle: list[UpstreamConnection] = []
         self._active = 0
         self._closed = False

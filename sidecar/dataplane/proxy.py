@@ -23,14 +23,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from sidecar.config.model import ClusterSettings, SidecarConfig
-from sidecar.core.balancer import Balancer, make_balancer
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.headers import (
     build_request_head,
@@ -38,10 +37,10 @@ from sidecar.core.headers import (
     new_request_id,
     valid_request_id,
 )
+from sidecar.core.hosts import Host
 from sidecar.core.routing import RouteTable, normalize_path
 from sidecar.dataplane.deadlines import DeadlineWheel
 from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
-from sidecar.dataplane.tls import client_context
 from sidecar.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -55,7 +54,7 @@ from sidecar.errors import (
 )
 from sidecar.observe.logs import access_logger, request_id_var
 from sidecar.observe.metrics import Metrics
-from sidecar.registry import Endpoint, Registry
+from sidecar.registry import Registry
 
 __all__ = ["DataPlaneState", "Proxy", "ProxyResponse", "error_response"]
 
@@ -150,7 +149,6 @@ class DataPlaneState:
 
     config: SidecarConfig
     routes: RouteTable
-    balancers: dict[str, Balancer] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: SidecarConfig, registry: Registry) -> DataPlaneState:
@@ -187,55 +185,40 @@ class Proxy:
         # The system clock's own builtin on the hot path: a bound method costs a frame.
         self._clock: Callable[[], float] = (
             time.monotonic if clock is None or isinstance(clock, SystemClock) else clock.now)
-        self._pools: dict[tuple[str, str], UpstreamPool] = {}
         self._deadlines = DeadlineWheel(asyncio.get_running_loop())
 
     def swap_state(self, state: DataPlaneState) -> None:
-        """Serve a new configuration; requests in flight keep the state they started with."""
+        """Serve a new configuration; requests in flight keep the state they started with.
+
+        Pools follow their cluster's new settings; a pool whose TLS settings changed is
+        closed, and the endpoint's next request makes a new one."""
         self.state = state
         self.access_log = state.config.logging.access_log
-        for (cluster, endpoint_id), pool in list(self._pools.items()):
-            members = self.registry.clusters.get(cluster)
-            if members is None:
-                continue
+        for members in self.registry.clusters.values():
             settings = members.settings
-            if settings.tls != pool.tls:
-                # New TLS settings need new connections: the next request makes a pool.
-                self.forget_endpoint(cluster, endpoint_id)
-                endpoint = members.endpoints.get(endpoint_id)
-                if endpoint is not None and endpoint.pool is pool:
-                    endpoint.pool = None
-                continue
-            pool.configure(connect_timeout=settings.connect_timeout,
-                           max_idle=settings.max_idle_connections,
-                           idle_timeout=settings.idle_timeout)
+            for host in members.hosts.hosts.values():
+                pool = cast(UpstreamPool | None, host.pool)
+                if pool is None:
+                    continue
+                if settings.tls != pool.tls:
+                    host.close_pool()
+                    continue
+                pool.configure(connect_timeout=settings.connect_timeout,
+                               max_idle=settings.max_idle_connections,
+                               idle_timeout=settings.idle_timeout)
 
     def close(self) -> None:
         self._deadlines.close()
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
+        for members in self.registry.clusters.values():
+            for host in members.hosts.hosts.values():
+                host.close_pool()
 
-    def forget_endpoint(self, cluster: str, endpoint_id: str) -> None:
-        """An endpoint left the registry: close its idle connections now; requests in
-        flight keep theirs, which close when released."""
-        pool = self._pools.pop((cluster, endpoint_id), None)
-        if pool is not None:
-            pool.close()
-
-    def _pool(self, endpoint: Endpoint, settings: ClusterSettings) -> UpstreamPool:
-        https = endpoint.address.scheme == "https"
-        pool = UpstreamPool(endpoint.address, connect_timeout=settings.connect_timeout,
+    @staticmethod
+    def _pool(host: Host, settings: ClusterSettings) -> UpstreamPool:
+        pool = UpstreamPool(host.address, connect_timeout=settings.connect_timeout,
                             max_idle=settings.max_idle_connections,
-                            idle_timeout=settings.idle_timeout,
-                            ssl_context=client_context(settings.tls) if https else None,
-                            server_name=settings.tls.server_name)
-        pool.tls = settings.tls
-        endpoint.pool = pool
-        old = self._pools.get((endpoint.cluster, endpoint.id))
-        if old is not None and old is not pool:
-            old.close()
-        self._pools[(endpoint.cluster, endpoint.id)] = pool
+                            idle_timeout=settings.idle_timeout, tls=settings.tls)
+        host.pool = pool
         return pool
 
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
@@ -316,14 +299,11 @@ class Proxy:
         members = self.registry.clusters.get(cluster_name)
         if members is None:
             raise NoRoute()
-        balancer = state.balancers.get(cluster_name)
-        if balancer is None:
-            balancer = state.balancers[cluster_name] = make_balancer(members.settings.lb_policy)
-        endpoint = balancer.pick(members.routable)
+        endpoint = members.hosts.pick()
         if endpoint is None:
             raise NoHealthyEndpoint()
         settings = members.settings
-        pool = endpoint.pool or self._pool(endpoint, settings)
+        pool = cast(UpstreamPool | None, endpoint.pool) or self._pool(endpoint, settings)
         method = request.method
         body: bytes | AsyncIterator[bytes] | None = None
         chunked = False

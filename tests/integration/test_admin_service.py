@@ -94,7 +94,7 @@ async def test_list_everything_and_by_status(stub: api_grpc.AdminServiceStub,
     everything = await stub.ListEndpoints(api.ListEndpointsRequest(), timeout=5)
     assert [(e.cluster, e.id) for e in everything.endpoints] == [
         ("orders", "o1"), ("users", "u1"), ("users", "u2")]
-    registry.set_status("users", "u2", EndpointStatus.UNHEALTHY, "health check failed")
+    registry.observe("users", "u2", ok=False, reason="health check failed")
     unhealthy = await stub.ListEndpoints(
         api.ListEndpointsRequest(status=res.ENDPOINT_STATUS_UNHEALTHY), timeout=5)
     assert [e.id for e in unhealthy.endpoints] == ["u2"] and unhealthy.total_size == 1

@@ -14,7 +14,8 @@ from admin.testing import load_config, serve
 from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.admin.v1 import admin_service_pb2_grpc as api_grpc
 from sidecar.admin.v1 import resources_pb2 as res
-from sidecar.registry import EndpointStatus, Registry, RegistryEvent
+from sidecar.events import Event
+from sidecar.registry import EndpointStatus, Registry
 
 CONFIG = {
     "clusters": [
@@ -28,14 +29,14 @@ TIMEOUT = 5.0
 
 
 class Subscriptions:
-    """Spy on Registry.subscribe: lets a test await a watcher's (un)subscription."""
+    """Spy on the registry's EventBus.subscribe: lets a test await a watcher's (un)subscription."""
 
     def __init__(self, registry: Registry) -> None:
         self.subscribed = asyncio.Event()
         self.unsubscribed = asyncio.Event()
-        original = registry.subscribe
+        original = registry.bus.subscribe
 
-        def subscribe(listener: Callable[[RegistryEvent], None]) -> Callable[[], None]:
+        def subscribe(listener: Callable[[Event], None]) -> Callable[[], None]:
             unsubscribe = original(listener)
             self.subscribed.set()
 
@@ -45,7 +46,7 @@ class Subscriptions:
 
             return wrapped
 
-        registry.subscribe = subscribe  # type: ignore[method-assign]
+        registry.bus.subscribe = subscribe  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ async def test_snapshot_then_every_change_in_order(stub: api_grpc.AdminServiceSt
     assert snapshot.sequence == registry.sequence
 
     registry.register("users", "http://127.0.0.1:9000", endpoint_id="new")
-    registry.set_status("users", "new", EndpointStatus.UNHEALTHY, "health check failed")
+    registry.observe("users", "new", ok=False, reason="health check failed")
     registry.deregister("users", "new")
     load_config(registry, CONFIG, source="/etc/reloaded.json")
 

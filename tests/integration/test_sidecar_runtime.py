@@ -201,7 +201,8 @@ async def test_file_change_reloads_config(start_upstream, start_sidecar, client,
     async with client.get(base_url(sidecar) + "/") as resp:
         assert (await resp.json())["server"] == "a"
     loaded = asyncio.Event()
-    sidecar.registry.subscribe(lambda event: event.kind.value == "config_loaded" and loaded.set())
+    sidecar.registry.bus.subscribe(
+        lambda event: event.kind.value == "config_loaded" and loaded.set())
     sidecar.start_background(watch=True)
     # The watcher has no "ready" signal: rewrite the file until a reload is seen.
     for _ in range(40):

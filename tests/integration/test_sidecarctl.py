@@ -295,7 +295,7 @@ async def test_watch_count_text(target: str, registry: Registry) -> None:
         assert first.startswith(f"snapshot seq={registry.sequence} config=")
         assert "endpoints=3" in first
         registry.register("users", "http://127.0.0.1:9000", endpoint_id="new")
-        registry.set_status("users", "new", EndpointStatus.UNHEALTHY, "health check failed")
+        registry.observe("users", "new", ok=False, reason="health check failed")
         registry.deregister("users", "new")
         registry.register("users", "http://127.0.0.1:9001")  # after --count: not printed
     finally:

@@ -16,14 +16,8 @@ from sidecar.errors import (
     InvalidEndpoint,
     RegistryError,
 )
-from sidecar.registry import (
-    ConfigInfo,
-    EndpointInfo,
-    EndpointSource,
-    EndpointStatus,
-    EventKind,
-    RegistryEvent,
-)
+from sidecar.events import Event, EventKind
+from sidecar.registry import ConfigInfo, EndpointInfo, EndpointSource, EndpointStatus
 
 INFO = EndpointInfo("users", "u1", "http://127.0.0.1:8081", 5, EndpointStatus.DRAINING,
                     EndpointSource.ADMIN, {"zone": "eu-1"}, 1_700_000_000.25, 1_700_000_001.5, 3)
@@ -80,16 +74,16 @@ def test_config_info_to_proto() -> None:
 
 
 @pytest.mark.parametrize(("event", "field"), [
-    (RegistryEvent(7, 10.5, EventKind.ENDPOINT_ADDED, endpoint=INFO, reason="registered"),
+    (Event(7, 10.5, EventKind.ENDPOINT_ADDED, endpoint=INFO, reason="registered"),
      "endpoint_added"),
-    (RegistryEvent(7, 10.5, EventKind.ENDPOINT_REMOVED, endpoint=INFO, reason="deregistered"),
+    (Event(7, 10.5, EventKind.ENDPOINT_REMOVED, endpoint=INFO, reason="deregistered"),
      "endpoint_removed"),
-    (RegistryEvent(7, 10.5, EventKind.ENDPOINT_STATUS_CHANGED, endpoint=INFO,
+    (Event(7, 10.5, EventKind.ENDPOINT_STATUS_CHANGED, endpoint=INFO,
                    previous_status=EndpointStatus.ACTIVE, reason="draining"),
      "endpoint_status_changed"),
-    (RegistryEvent(7, 10.5, EventKind.CONFIG_LOADED, config=CONFIG), "config_loaded"),
+    (Event(7, 10.5, EventKind.CONFIG_LOADED, config=CONFIG), "config_loaded"),
 ])
-def test_event_to_proto(event: RegistryEvent, field: str) -> None:
+def test_event_to_proto(event: Event, field: str) -> None:
     message = convert.event_to_proto(event)
     assert message.sequence == 7
     assert message.time.ToNanoseconds() == 10_500_000_000
@@ -97,16 +91,16 @@ def test_event_to_proto(event: RegistryEvent, field: str) -> None:
 
 
 def test_event_details() -> None:
-    changed = convert.event_to_proto(RegistryEvent(
+    changed = convert.event_to_proto(Event(
         1, 0.0, EventKind.ENDPOINT_STATUS_CHANGED, endpoint=INFO,
         previous_status=EndpointStatus.ACTIVE, reason="draining"))
     assert changed.endpoint_status_changed.previous_status == res.ENDPOINT_STATUS_ACTIVE
     assert changed.endpoint_status_changed.endpoint.status == res.ENDPOINT_STATUS_DRAINING
     assert changed.endpoint_status_changed.reason == "draining"
-    removed = convert.event_to_proto(RegistryEvent(
+    removed = convert.event_to_proto(Event(
         1, 0.0, EventKind.ENDPOINT_REMOVED, endpoint=INFO, reason="deregistered"))
     assert removed.endpoint_removed.reason == "deregistered"
-    loaded = convert.event_to_proto(RegistryEvent(1, 0.0, EventKind.CONFIG_LOADED, config=CONFIG))
+    loaded = convert.event_to_proto(Event(1, 0.0, EventKind.CONFIG_LOADED, config=CONFIG))
     assert loaded.config_loaded.config.version == "abc123"
 
 
@@ -117,7 +111,7 @@ def test_snapshot_and_watch_response() -> None:
     assert [e.id for e in message.snapshot.endpoints] == ["u1"]
     assert message.snapshot.config.version == "abc123"
     assert not convert.snapshot_to_proto(Snapshot([], None, 0)).HasField("config")
-    event = convert.watch_response(RegistryEvent(43, 0.0, EventKind.CONFIG_LOADED, config=CONFIG))
+    event = convert.watch_response(Event(43, 0.0, EventKind.CONFIG_LOADED, config=CONFIG))
     assert event.WhichOneof("kind") == "event" and event.event.sequence == 43
 
 

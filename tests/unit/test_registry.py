@@ -18,15 +18,8 @@ from sidecar.errors import (
     InvalidEndpoint,
     RegistryError,
 )
-from sidecar.registry import (
-    ConfigInfo,
-    EndpointInfo,
-    EndpointSource,
-    EndpointStatus,
-    EventKind,
-    Registry,
-    RegistryEvent,
-)
+from sidecar.events import Event, EventKind
+from sidecar.registry import ConfigInfo, EndpointInfo, EndpointSource, EndpointStatus, Registry
 
 ACTIVE, DISABLED = EndpointStatus.ACTIVE, EndpointStatus.DISABLED
 UNHEALTHY, DRAINING = EndpointStatus.UNHEALTHY, EndpointStatus.DRAINING
@@ -44,9 +37,9 @@ def registry(clock: FakeClock) -> Registry:
 
 
 @pytest.fixture
-def events(registry: Registry) -> list[RegistryEvent]:
-    seen: list[RegistryEvent] = []
-    registry.subscribe(seen.append)
+def events(registry: Registry) -> list[Event]:
+    seen: list[Event] = []
+    registry.bus.subscribe(seen.append)
     return seen
 
 
@@ -168,7 +161,7 @@ def test_snapshot(registry: Registry) -> None:
     ("web", "http://h:1", {"labels": {f"k{i}": "v" for i in range(65)}}),
 ])
 @pytest.mark.parametrize("existing", [False, True])
-def test_invalid_registration_changes_nothing(registry: Registry, events: list[RegistryEvent],
+def test_invalid_registration_changes_nothing(registry: Registry, events: list[Event],
                                               cluster_name: str, url: str,
                                               kwargs: dict[str, Any], existing: bool) -> None:
     if existing:  # the target cluster exists (where the name is valid) and is untouched
@@ -197,7 +190,7 @@ def test_trailing_newline_in_names_is_rejected(registry: Registry, cluster_name:
     assert registry.list() == []
 
 
-def test_same_id_exists(registry: Registry, events: list[RegistryEvent]) -> None:
+def test_same_id_exists(registry: Registry, events: list[Event]) -> None:
     registry.register("web", "http://h:1", endpoint_id="x")
     before, n = state(registry), len(events)
     with pytest.raises(EndpointExists, match="'x'"):
@@ -251,7 +244,7 @@ def test_not_found(registry: Registry, cluster_name: str, endpoint_id: str) -> N
 
 
 def test_config_endpoints_are_not_removable(registry: Registry,
-                                            events: list[RegistryEvent]) -> None:
+                                            events: list[Event]) -> None:
     apply(registry, config(cluster("web", {"url": "http://h:1", "id": "one"})))
     before, n = state(registry), len(events)
     with pytest.raises(EndpointNotRemovable):
@@ -299,7 +292,10 @@ def test_routable_holds_only_active_endpoints_sorted_by_id(registry: Registry) -
     registry.register("web", "http://h:2", endpoint_id="b", status=DISABLED)
     registry.register("web", "http://h:4", endpoint_id="d")
     assert routable_ids(registry, "web") == ["a", "c", "d"]
-    for status in (UNHEALTHY, DRAINING, DISABLED):
+    registry.observe("web", "c", ok=False, reason="test")
+    assert routable_ids(registry, "web") == ["a", "d"]
+    registry.observe("web", "c", ok=True, reason="test")
+    for status in (DRAINING, DISABLED):
         registry.set_status("web", "c", status, "test")
         assert routable_ids(registry, "web") == ["a", "d"]
     registry.set_status("web", "b", ACTIVE, "back")
@@ -319,10 +315,10 @@ def test_routable_is_a_new_tuple_on_every_change(registry: Registry) -> None:
 
 
 def test_set_status_updates_time_and_reports_previous(registry: Registry, clock: FakeClock,
-                                                      events: list[RegistryEvent]) -> None:
+                                                      events: list[Event]) -> None:
     registry.register("web", "http://h:1")
     clock.advance(5)
-    info = registry.set_status("web", "h:1", UNHEALTHY, "3 failed checks")
+    info = registry.observe("web", "h:1", ok=False, reason="3 failed checks")
     assert (info.status, info.create_time, info.update_time) == (UNHEALTHY, 1_000.0, 1_005.0)
     last = events[-1]
     assert (last.kind, last.previous_status, last.reason, last.endpoint) == (
@@ -330,7 +326,7 @@ def test_set_status_updates_time_and_reports_previous(registry: Registry, clock:
 
 
 def test_set_status_to_the_same_status_is_a_no_op(registry: Registry, clock: FakeClock,
-                                                  events: list[RegistryEvent]) -> None:
+                                                  events: list[Event]) -> None:
     registry.register("web", "http://h:1")
     routable = registry.clusters["web"].routable
     clock.advance(5)
@@ -351,7 +347,7 @@ def test_set_status_works_on_config_endpoints(registry: Registry) -> None:
 
 
 def test_events_are_delivered_in_order_with_increasing_sequence(
-        registry: Registry, clock: FakeClock, events: list[RegistryEvent]) -> None:
+        registry: Registry, clock: FakeClock, events: list[Event]) -> None:
     registry.register("web", "http://h:1", endpoint_id="a")
     clock.advance(1)
     registry.set_status("web", "a", DISABLED, "maintenance")
@@ -368,15 +364,15 @@ def test_events_are_delivered_in_order_with_increasing_sequence(
 
 
 def test_event_snapshots_do_not_change_later(registry: Registry,
-                                             events: list[RegistryEvent]) -> None:
+                                             events: list[Event]) -> None:
     registry.register("web", "http://h:1")
     registry.set_status("web", "h:1", DISABLED, "x")
     assert events[0].endpoint is not None and events[0].endpoint.status is ACTIVE
 
 
 def test_unsubscribe(registry: Registry) -> None:
-    seen: list[RegistryEvent] = []
-    unsubscribe = registry.subscribe(seen.append)
+    seen: list[Event] = []
+    unsubscribe = registry.bus.subscribe(seen.append)
     registry.register("web", "http://h:1")
     unsubscribe()
     unsubscribe()  # twice is harmless
@@ -387,28 +383,28 @@ def test_unsubscribe(registry: Registry) -> None:
 
 def test_a_failing_listener_breaks_nothing(registry: Registry,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    def broken(event: RegistryEvent) -> None:
+    def broken(event: Event) -> None:
         raise RuntimeError("boom")
 
-    seen: list[RegistryEvent] = []
-    registry.subscribe(broken)
-    registry.subscribe(seen.append)
-    with caplog.at_level(logging.ERROR, logger="sidecar.registry"):
+    seen: list[Event] = []
+    registry.bus.subscribe(broken)
+    registry.bus.subscribe(seen.append)
+    with caplog.at_level(logging.ERROR, logger="sidecar.events"):
         info = registry.register("web", "http://h:1")
     assert registry.get("web", "h:1") == info
     assert [e.kind for e in seen] == [EventKind.ENDPOINT_ADDED]
-    assert "registry listener failed" in caplog.text
+    assert "event listener failed" in caplog.text
 
 
 def test_listener_may_unsubscribe_while_being_called(registry: Registry) -> None:
     seen: list[int] = []
     holder: dict[str, Any] = {}
 
-    def once(event: RegistryEvent) -> None:
+    def once(event: Event) -> None:
         seen.append(event.sequence)
         holder["unsubscribe"]()
 
-    holder["unsubscribe"] = registry.subscribe(once)
+    holder["unsubscribe"] = registry.bus.subscribe(once)
     registry.register("web", "http://h:1")
     registry.register("web", "http://h:2")
     assert seen == [1]
@@ -418,7 +414,7 @@ def test_listener_may_unsubscribe_while_being_called(registry: Registry) -> None
 
 
 def test_apply_config_adds_declared_endpoints_and_emits(registry: Registry,
-                                                        events: list[RegistryEvent]) -> None:
+                                                        events: list[Event]) -> None:
     cfg = config(cluster("web", "http://h:1", {"url": "http://h:2", "id": "two", "weight": 3,
                                                "labels": {"v": "2"}}, lb_policy="random"))
     info = apply(registry, cfg)
@@ -439,7 +435,7 @@ def test_apply_config_adds_declared_endpoints_and_emits(registry: Registry,
 
 
 def test_apply_config_reconciles_config_endpoints(registry: Registry, clock: FakeClock,
-                                                  events: list[RegistryEvent]) -> None:
+                                                  events: list[Event]) -> None:
     apply(registry, config(cluster("web", {"url": "http://h:1", "id": "keep"},
                                    {"url": "http://h:2", "id": "drop"},
                                    {"url": "http://h:3", "id": "moved"})))
@@ -471,7 +467,7 @@ def test_apply_config_reconciles_config_endpoints(registry: Registry, clock: Fak
 
 
 def test_reapplying_the_same_config_changes_nothing_but_emits_config_loaded(
-        registry: Registry, events: list[RegistryEvent]) -> None:
+        registry: Registry, events: list[Event]) -> None:
     cfg = config(cluster("web", "http://h:1", "http://h:2"))
     apply(registry, cfg)
     before = registry.list()
@@ -496,7 +492,7 @@ def test_admin_endpoints_survive_reloads(registry: Registry) -> None:
     {"url": "http://h:7", "id": "admin"},    # the same id, another URL
 ])
 def test_admin_endpoint_replaced_when_config_declares_it(
-        registry: Registry, events: list[RegistryEvent], declared: dict[str, Any]) -> None:
+        registry: Registry, events: list[Event], declared: dict[str, Any]) -> None:
     apply(registry, config(cluster("web", "http://h:1")))
     registry.register("web", "http://h:2", endpoint_id="admin")
     del events[:]

@@ -10,7 +10,8 @@ import pytest
 from admin.testing import load_config
 from admin.watch import Snapshot, Watcher, WatchHub
 from sidecar.core.clock import FakeClock
-from sidecar.registry import EndpointStatus, EventKind, Registry, RegistryEvent
+from sidecar.events import Event, EventKind
+from sidecar.registry import EndpointStatus, Registry
 
 CONFIG = {
     "clusters": [
@@ -33,7 +34,7 @@ def register(registry: Registry, cluster: str, port: int) -> None:
     registry.register(cluster, f"http://127.0.0.1:{port}", endpoint_id=f"{cluster}-{port}")
 
 
-def drain(watcher: Watcher) -> list[Snapshot | RegistryEvent]:
+def drain(watcher: Watcher) -> list[Snapshot | Event]:
     items = []
     while (item := watcher.pop_nowait()) is not None:
         items.append(item)
@@ -65,15 +66,15 @@ def test_events_follow_the_snapshot_in_order(registry: Registry) -> None:
     snapshot = watcher.pop_nowait()
     assert isinstance(snapshot, Snapshot)
     register(registry, "users", 9001)
-    registry.set_status("users", "users-9001", EndpointStatus.UNHEALTHY, "health check failed")
+    registry.observe("users", "users-9001", ok=False, reason="health check failed")
     registry.deregister("users", "users-9001")
     load_config(registry, CONFIG)
     events = drain(watcher)
-    assert all(isinstance(e, RegistryEvent) for e in events)
-    assert [e.kind for e in events if isinstance(e, RegistryEvent)] == [
+    assert all(isinstance(e, Event) for e in events)
+    assert [e.kind for e in events if isinstance(e, Event)] == [
         EventKind.ENDPOINT_ADDED, EventKind.ENDPOINT_STATUS_CHANGED,
         EventKind.ENDPOINT_REMOVED, EventKind.CONFIG_LOADED]
-    sequences = [e.sequence for e in events if isinstance(e, RegistryEvent)]
+    sequences = [e.sequence for e in events if isinstance(e, Event)]
     assert sequences == sorted(sequences) and sequences[0] == snapshot.sequence + 1
 
 
@@ -84,7 +85,7 @@ def test_cluster_filter_keeps_config_events(registry: Registry) -> None:
     register(registry, "orders", 9002)
     load_config(registry, CONFIG)
     kinds = [(e.kind, e.endpoint.cluster if e.endpoint else None)
-             for e in drain(watcher) if isinstance(e, RegistryEvent)]
+             for e in drain(watcher) if isinstance(e, Event)]
     assert kinds == [(EventKind.ENDPOINT_ADDED, "orders"), (EventKind.CONFIG_LOADED, None)]
 
 
@@ -102,7 +103,7 @@ def test_overflow_drops_the_queue_and_resnapshots(registry: Registry) -> None:
     # And it carries on with events after the fresh snapshot.
     registry.deregister("users", "users-9001")
     (event,) = drain(watcher)
-    assert isinstance(event, RegistryEvent) and event.kind is EventKind.ENDPOINT_REMOVED
+    assert isinstance(event, Event) and event.kind is EventKind.ENDPOINT_REMOVED
 
 
 def test_queue_up_to_the_limit_is_kept(registry: Registry) -> None:
@@ -122,9 +123,9 @@ def test_max_queue_must_be_positive(registry: Registry) -> None:
 def counting_subscribe(registry: Registry) -> list[str]:
     """Record subscribe/unsubscribe calls on `registry`."""
     calls: list[str] = []
-    original = registry.subscribe
+    original = registry.bus.subscribe
 
-    def subscribe(listener: Callable[[RegistryEvent], None]) -> Callable[[], None]:
+    def subscribe(listener: Callable[[Event], None]) -> Callable[[], None]:
         calls.append("subscribe")
         unsubscribe = original(listener)
 
@@ -134,7 +135,7 @@ def counting_subscribe(registry: Registry) -> list[str]:
 
         return wrapped
 
-    registry.subscribe = subscribe  # type: ignore[method-assign]
+    registry.bus.subscribe = subscribe  # type: ignore[method-assign]
     return calls
 
 
@@ -175,7 +176,7 @@ async def test_next_waits_for_an_event(registry: Registry) -> None:
     assert not waiting.done()
     register(registry, "users", 9001)
     event = await asyncio.wait_for(waiting, 5)
-    assert isinstance(event, RegistryEvent) and event.kind is EventKind.ENDPOINT_ADDED
+    assert isinstance(event, Event) and event.kind is EventKind.ENDPOINT_ADDED
 
 
 async def test_next_returns_none_when_closed(registry: Registry) -> None:

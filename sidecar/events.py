@@ -1,0 +1,88 @@
+"""The sequenced event bus: every change any component makes, in one numbered stream.
+
+The registry (endpoints added, removed, their status), the data plane (breaker
+transitions, fallbacks), the health checker and the assembly (config loaded,
+lifecycle) publish here; WatchStatus, the status page and the data plane's own
+cleanup subscribe.
+
+Theory of operation: `publish()` gives the event the next sequence number and
+calls every subscriber synchronously, on the event loop's thread, before it
+returns. So a subscriber that subscribes *before* it takes a snapshot of some
+state, and compares sequence numbers, sees every change exactly once (admin/watch.py
+relies on this). Subscribers must not block and must not raise; one that raises
+is logged and skipped, so a broken subscriber never breaks the publisher.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sidecar.core.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from sidecar.registry import ConfigInfo, EndpointInfo, EndpointStatus
+
+__all__ = ["Event", "EventBus", "EventKind", "Listener"]
+
+log = logging.getLogger("sidecar.events")
+
+
+class EventKind(enum.Enum):
+    ENDPOINT_ADDED = "endpoint_added"
+    ENDPOINT_REMOVED = "endpoint_removed"
+    ENDPOINT_STATUS_CHANGED = "endpoint_status_changed"
+    CONFIG_LOADED = "config_loaded"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change. `time` is wall-clock (for people); order is `sequence`."""
+
+    sequence: int
+    time: float
+    kind: EventKind
+    endpoint: EndpointInfo | None = None
+    previous_status: EndpointStatus | None = None
+    reason: str = ""
+    config: ConfigInfo | None = None
+
+
+Listener = Callable[[Event], None]
+
+
+class EventBus:
+    """Numbers events and hands each to every subscriber, synchronously."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._sequence = 0
+        self._listeners: list[Listener] = []
+
+    @property
+    def sequence(self) -> int:
+        """The number of the last event published (0 before the first)."""
+        return self._sequence
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` for every event from now on; returns the unsubscribe function."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def publish(self, kind: EventKind, **fields: Any) -> Event:
+        self._sequence += 1
+        event = Event(self._sequence, self._clock.wall(), kind, **fields)
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken subscriber must not break the publisher
+                log.exception("event listener failed", extra={"kind": kind.value})
+        return event
