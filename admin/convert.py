@@ -33,6 +33,7 @@ from sidecar.registry import ConfigInfo, EndpointInfo, EndpointStatus
 from .watch import Snapshot, WatchItem
 
 __all__ = [
+    "STREAMED_KINDS",
     "DEFAULT_PAGE_SIZE",
     "MAPPED_ERRORS",
     "MAX_PAGE_SIZE",
@@ -161,6 +162,9 @@ _EVENT_FIELDS: Mapping[EventKind, Callable[[Event], dict[str, object]]] = {
     EventKind.ENDPOINT_STATUS_CHANGED: _endpoint_status_changed,
     EventKind.CONFIG_LOADED: _config_loaded,
 }
+#: The event kinds WatchStatus streams; the bus carries more (breaker transitions,
+#: health changes, panic) until the API has messages for them.
+STREAMED_KINDS = frozenset(_EVENT_FIELDS)
 
 
 def event_to_proto(event: Event) -> res.StatusEvent:

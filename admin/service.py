@@ -15,6 +15,7 @@ import grpc
 
 from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.admin.v1 import admin_service_pb2_grpc as api_grpc
+from sidecar.events import Event
 from sidecar.registry import Registry
 
 from . import convert
@@ -102,6 +103,8 @@ class AdminService(api_grpc.AdminServiceServicer):
         watcher = self.watch_hub.open(request.cluster)
         try:
             while (item := await watcher.next()) is not None:
+                if isinstance(item, Event) and item.kind not in convert.STREAMED_KINDS:
+                    continue
                 yield convert.watch_response(item)
         finally:
             # Runs when the client cancels too (grpc.aio cancels this generator's task).

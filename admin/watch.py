@@ -98,7 +98,8 @@ class Watcher:
     def _wanted(self, event: Event) -> bool:
         if not self.cluster or event.kind is EventKind.CONFIG_LOADED:
             return True
-        return event.endpoint is not None and event.endpoint.cluster == self.cluster
+        cluster = event.endpoint.cluster if event.endpoint is not None else event.cluster
+        return cluster == self.cluster
 
     # ------------------------------------------------------------ consumer side
 

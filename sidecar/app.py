@@ -28,6 +28,7 @@ from admin.http import make_admin_app
 from sidecar.config.model import SidecarConfig, config_version
 from sidecar.core.addresses import parse_host_port
 from sidecar.dataplane.proxy import DataPlaneState, Proxy
+from sidecar.events import Event, EventKind
 from sidecar.observe.logs import set_level
 from sidecar.observe.metrics import Metrics
 from sidecar.registry import ConfigInfo, Registry
@@ -65,6 +66,7 @@ class Sidecar:
         from sidecar.dataplane.server import make_server
 
         config = self.config
+        self.registry.bus.subscribe(self._count_event)
         self.registry.apply_config(config, self._info(config, config_version(config)))
         restored = self.registry.load_state()
         if restored:
@@ -130,6 +132,12 @@ class Sidecar:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    def _count_event(self, event: Event) -> None:
+        """Metrics that count events published on the bus."""
+        if event.kind is EventKind.BREAKER_CHANGED and event.breaker is not None:
+            cluster = event.endpoint.cluster if event.endpoint is not None else ""
+            self.metrics.breaker_transition(cluster, event.breaker.state.name.lower())
 
     def readiness(self) -> tuple[bool, str]:
         if self.state == "serving":

@@ -11,8 +11,8 @@ Hierarchy (double-inheriting builtins, like aiohttp's client errors)::
      |    +-- EndpointNotRemovable
      +-- ProxyError                          a request could not be proxied
           +-- NoRoute, MethodNotAllowed, NoHealthyEndpoint,
-              UpstreamConnectError, UpstreamTimeout, UpstreamProtocolError,
-              UpstreamReset, BadRequest, ...
+              UnknownCluster, Overflow, UpstreamConnectError, UpstreamTimeout,
+              UpstreamProtocolError, UpstreamReset, BadRequest, ...
 
 `ProxyError.status` and `.code` are what the client sees; `.message` is safe to
 show (never an exception's text from a library, never a host name or a path
@@ -36,9 +36,11 @@ __all__ = [
     "MethodNotAllowed",
     "NoHealthyEndpoint",
     "NoRoute",
+    "Overflow",
     "ProxyError",
     "RegistryError",
     "SidecarError",
+    "UnknownCluster",
     "UpstreamConnectError",
     "UpstreamProtocolError",
     "UpstreamReset",
@@ -101,11 +103,13 @@ class EndpointNotRemovable(RegistryError):
 
 
 class ProxyError(SidecarError):
-    """A request could not be proxied; `status` and `code` go to the client."""
+    """A request could not be proxied; `status` and `code` go to the client, and
+    `retry_after` (seconds, rounded up) as a `Retry-After` header when set."""
 
     status: int = 502
     code: str = "bad_gateway"
     message: str = "The upstream could not be reached."
+    retry_after: float | None = None
 
     def __init__(self, message: str | None = None) -> None:
         if message is not None:
@@ -153,10 +157,38 @@ class InternalError(ProxyError):
     message = "The sidecar failed to handle the request."
 
 
+class UnknownCluster(NoRoute):
+    """`/orchestrator/{cluster}/...` named a cluster that does not exist."""
+
+    code = "unknown_cluster"
+    message = "No cluster has the name in the request path."
+
+
 class NoHealthyEndpoint(ProxyError):
+    """Every endpoint is out of rotation (breakers open, checks failing, disabled).
+
+    `retry_after`: seconds until the first open breaker lets a probe through."""
+
     status = 503
-    code = "no_healthy_endpoint"
+    code = "no_healthy_upstream"
     message = "The cluster has no endpoint that can take the request."
+
+    def __init__(self, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__()
+
+
+class Overflow(ProxyError):
+    """A cluster limit (`max_requests`, `max_pending`) is reached: refused at once."""
+
+    status = 503
+    code = "overflow"
+    message = "The cluster is at its request limit; try again shortly."
+    retry_after = 1.0
+
+    def __init__(self, limit: str) -> None:
+        self.limit = limit
+        super().__init__()
 
 
 class UpstreamConnectError(ProxyError):

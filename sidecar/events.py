@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from sidecar.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from sidecar.core.breaker import Transition
+    from sidecar.core.health import HealthChange
     from sidecar.registry import ConfigInfo, EndpointInfo, EndpointStatus
 
 __all__ = ["Event", "EventBus", "EventKind", "Listener"]
@@ -36,6 +38,10 @@ class EventKind(enum.Enum):
     ENDPOINT_REMOVED = "endpoint_removed"
     ENDPOINT_STATUS_CHANGED = "endpoint_status_changed"
     CONFIG_LOADED = "config_loaded"
+    BREAKER_CHANGED = "breaker_changed"
+    HEALTH_CHANGED = "health_changed"
+    PANIC_CHANGED = "panic_changed"
+    FALLBACK_USED = "fallback_used"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,15 @@ class Event:
     previous_status: EndpointStatus | None = None
     reason: str = ""
     config: ConfigInfo | None = None
+    #: The cluster of a cluster-wide event (panic, fallback), "" otherwise.
+    cluster: str = ""
+    breaker: Transition | None = None
+    health: HealthChange | None = None
+    #: PANIC_CHANGED: whether the cluster is in panic mode now.
+    panic: bool | None = None
+    #: FALLBACK_USED: cache, cluster or static; `cluster` and `route` say where.
+    fallback: str = ""
+    route: str = ""
 
 
 Listener = Callable[[Event], None]

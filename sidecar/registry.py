@@ -24,17 +24,23 @@ import enum
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.config.model import ClusterSettings, SidecarConfig
-from sidecar.config.types import NAME_PATTERN
 from sidecar.core.addresses import UpstreamAddress, parse_upstream_url
 from sidecar.core.clock import Clock, SystemClock
-from sidecar.core.hosts import EndpointStatus, Host, HostSet, OperatorStatus
+from sidecar.core.hosts import (
+    EndpointStatus,
+    Host,
+    HostEvent,
+    HostEventKind,
+    HostSet,
+    OperatorStatus,
+)
+from sidecar.core.names import check_cluster_name, check_endpoint_id, check_labels, check_weight
 from sidecar.errors import EndpointExists, EndpointNotFound, EndpointNotRemovable, InvalidEndpoint
 from sidecar.events import EventBus, EventKind
 
@@ -50,9 +56,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("sidecar.registry")
-_NAME = re.compile(NAME_PATTERN)
-_ENDPOINT_ID = re.compile(r"[A-Za-z0-9_\[\]][A-Za-z0-9_.:\[\]\-]{0,127}")
-_MAX_LABEL_KEY, _MAX_LABEL_VALUE, _MAX_LABELS = 63, 255, 64
+# Cluster names, endpoint ids, weights and labels: sidecar.core.names, the rules of
+# the config model too.
 
 
 class EndpointSource(enum.IntEnum):
@@ -130,8 +135,6 @@ class ClusterMembers:
         self.hosts.configure(settings)
 
 
-def _members(name: str, settings: ClusterSettings, declared: bool) -> ClusterMembers:
-    return ClusterMembers(name, settings, declared, HostSet(name, settings), {})
 
 
 class Registry:
@@ -201,7 +204,7 @@ class Registry:
         if members is not None:
             _check_unique(members, endpoint_id, address)
         else:
-            members = _members(cluster, self._defaults, declared=False)
+            members = self._members(cluster, self._defaults, declared=False)
             self.clusters[cluster] = members
         endpoint = self._add(members, endpoint_id, address, weight, OperatorStatus(status),
                              EndpointSource.ADMIN, labels)
@@ -231,46 +234,65 @@ class Registry:
         operator = OperatorStatus(status)
         if endpoint.operator is operator:
             return endpoint.info()
-        previous = endpoint.status
         endpoint.operator = endpoint.host.operator = operator
         endpoint.update_time = self._clock.wall()
-        self.clusters[cluster].hosts.rebuild()
+        # The status event, if the API status changed, comes from the rebuild.
+        self.clusters[cluster].hosts.rebuild(reason)
         if endpoint.source is EndpointSource.ADMIN:
             self._save_state()
-        info = endpoint.info()
-        if info.status is not previous:
-            self._emit(EventKind.ENDPOINT_STATUS_CHANGED, endpoint=info,
-                       previous_status=previous, reason=reason)
-        return info
+        return endpoint.info()
 
     def observe(self, cluster: str, endpoint_id: str, *, ok: bool,
                 reason: str) -> EndpointInfo:
-        """Record what the sidecar observed of an endpoint (ok: usable as far as checks
-        and breakers go); publishes the status change, if there is one."""
-        host = self._find(cluster, endpoint_id).host
-        previous = host.status
-        host.observed_ok, host.observed_reason = ok, reason
-        self.observed(host, previous, reason)
-        return self._find(cluster, endpoint_id).info()
+        """Take an endpoint out of rotation (ok=False: its breaker is tripped) or put it
+        back (ok=True: its breaker is reset), as an observer that knows better would."""
+        endpoint = self._find(cluster, endpoint_id)
+        hosts = self.clusters[cluster].hosts
+        if ok:
+            hosts.reset(endpoint.host, reason)
+        else:
+            hosts.trip(endpoint.host, reason)
+        return endpoint.info()
 
-    def observed(self, host: Host, previous: EndpointStatus, reason: str) -> None:
-        """An observer changed `host`'s observed state (health, breaker): recompute the
-        cluster's usable hosts and publish the status change, if there is one."""
-        members = self.clusters.get(host.cluster)
-        endpoint = members.endpoints.get(host.id) if members else None
-        if members is None or endpoint is None or endpoint.host is not host:
-            return  # removed meanwhile
-        members.hosts.rebuild()
-        if host.status is not previous:
+    # ------------------------------------------------------------ runtime events
+
+    def _members(self, name: str, settings: ClusterSettings,
+                 declared: bool) -> ClusterMembers:
+        hosts = HostSet(name, settings, clock=self._clock, listener=self._on_host_event)
+        return ClusterMembers(name, settings, declared, hosts, {})
+
+    def _on_host_event(self, event: HostEvent) -> None:
+        """What a HostSet decided, published with the endpoint's current view."""
+        info = None
+        if event.host is not None:
+            members = self.clusters.get(event.cluster)
+            endpoint = members.endpoints.get(event.host.id) if members else None
+            if endpoint is None or endpoint.host is not event.host:
+                return  # being added or removed: its own event says it
+            info = endpoint.info()
+        kind = event.kind
+        if kind is HostEventKind.STATUS:
+            assert event.host is not None
+            endpoint = self.clusters[event.cluster].endpoints[event.host.id]
             endpoint.update_time = self._clock.wall()
-            self._emit(EventKind.ENDPOINT_STATUS_CHANGED, endpoint=endpoint.info(),
-                       previous_status=previous, reason=reason)
+            info = endpoint.info()
+            self._emit(EventKind.ENDPOINT_STATUS_CHANGED, endpoint=info,
+                       previous_status=event.previous_status, reason=event.reason)
+        elif kind is HostEventKind.BREAKER:
+            self._emit(EventKind.BREAKER_CHANGED, endpoint=info, reason=event.reason,
+                       breaker=event.transition)
+        elif kind is HostEventKind.HEALTH:
+            self._emit(EventKind.HEALTH_CHANGED, endpoint=info, reason=event.reason,
+                       health=event.health)
+        else:
+            self._emit(EventKind.PANIC_CHANGED, cluster=event.cluster, reason=event.reason,
+                       panic=event.panic)
 
     def _add(self, members: ClusterMembers, endpoint_id: str, address: UpstreamAddress,
              weight: int, operator: OperatorStatus, source: EndpointSource,
              labels: Mapping[str, str]) -> Endpoint:
         now = self._clock.wall()
-        host = Host(members.name, endpoint_id, address, weight, operator)
+        host = members.hosts.new_host(endpoint_id, address, weight, operator)
         endpoint = Endpoint(members.name, endpoint_id, address, weight, operator, source,
                             labels, now, now, host)
         members.endpoints[endpoint_id] = endpoint
@@ -315,7 +337,7 @@ class Registry:
         for name, cluster in wanted.items():
             found = self.clusters.get(name)
             if found is None:
-                found = self.clusters[name] = _members(name, cluster, declared=True)
+                found = self.clusters[name] = self._members(name, cluster, declared=True)
             members = found
             members.declared = True
             members.configure(cluster)
@@ -339,7 +361,7 @@ class Registry:
                                      spec.weight, OperatorStatus.ACTIVE, EndpointSource.CONFIG,
                                      dict(spec.labels))
                 self._emit(EventKind.ENDPOINT_ADDED, endpoint=endpoint.info(), reason="config")
-            members.hosts.rebuild()
+            members.hosts.rebuild("config")
         self.config_info = info
         if admin_changed:
             # Only then: at start-up, before load_state(), saving would wipe the
@@ -401,27 +423,21 @@ class Registry:
 
 def _validate(cluster: str, url: str, endpoint_id: str, weight: int,
               labels: Mapping[str, str] | None) -> tuple[UpstreamAddress, str, dict[str, str]]:
-    if not cluster:
-        raise InvalidEndpoint("cluster is required")
-    if not _NAME.fullmatch(cluster):
-        raise InvalidEndpoint(f"invalid cluster name {cluster!r}: use letters, digits, "
-                              "'_', '.', '-' (at most 63)")
+    """The rules of sidecar.core.names, as for endpoints in the config file. An empty
+    `endpoint_id` means the default, the URL's "host:port" (valid by construction)."""
     try:
-        address = parse_upstream_url(url)
+        check_cluster_name(cluster)
+        try:
+            address = parse_upstream_url(url)
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
+        if endpoint_id:
+            check_endpoint_id(endpoint_id)
+        check_weight(weight)
+        clean = check_labels(labels)
     except ValueError as exc:
-        raise InvalidEndpoint(f"url: {exc}") from None
-    endpoint_id = endpoint_id or address.host_port
-    if not _ENDPOINT_ID.fullmatch(endpoint_id):
-        raise InvalidEndpoint(f"invalid endpoint id {endpoint_id!r}")
-    if not 1 <= weight <= 1000:
-        raise InvalidEndpoint(f"weight {weight} is out of range 1-1000")
-    clean = dict(labels or {})
-    if len(clean) > _MAX_LABELS:
-        raise InvalidEndpoint(f"at most {_MAX_LABELS} labels")
-    for key, value in clean.items():
-        if not key or len(key) > _MAX_LABEL_KEY or len(value) > _MAX_LABEL_VALUE:
-            raise InvalidEndpoint(f"label {key!r}: keys are 1-63 characters, values at most 255")
-    return address, endpoint_id, clean
+        raise InvalidEndpoint(str(exc)) from None
+    return address, endpoint_id or address.host_port, clean
 
 
 def _check_unique(members: ClusterMembers, endpoint_id: str, address: UpstreamAddress) -> None:

@@ -20,6 +20,10 @@ sidecar.config({
       lb_policy='least_request',
       connect_timeout=sidecar.ms(500),
       timeout=sidecar.s(5),
+      // An endpoint failing 3 checks in a row gets no requests until it passes 2.
+      health_check=sidecar.healthCheck('/healthz'),
+      // A (re)started endpoint warms up: its share ramps up over 30s.
+      slow_start=sidecar.s(30),
     ),
     sidecar.cluster(
       'order_service',
@@ -28,10 +32,18 @@ sidecar.config({
     ),
   ],
   routes: [
-    // /api/users/42 -> user_service /users/42
-    sidecar.route('/api/users', 'user_service', name='users', prefix_rewrite='/users'),
+    // /api/users/42 -> user_service /users/42. When user_service cannot answer,
+    // a GET gets the last good answer to the same URL (up to 5 minutes old),
+    // anything else a 503 in JSON.
+    sidecar.route('/api/users', 'user_service', name='users', prefix_rewrite='/users',
+                  fallback=sidecar.fallbackCache() + sidecar.fallbackStatic(
+                    503, '{"error": "users are unavailable, try again later"}\n',
+                    { 'Content-Type': 'application/json' })),
     // /api/orders/7 -> order_service /api/orders/7; other methods get 405.
+    // Orders are slow: each try gets 10s and one retry (GET only: POST is not
+    // idempotent) within the route's 30s.
     sidecar.route('/api/orders', 'order_service', name='orders', methods=['GET', 'POST'],
-                  timeout=sidecar.s(30)),
+                  timeout=sidecar.s(30),
+                  retry=sidecar.retry(max_retries=1, per_try_timeout=sidecar.s(10))),
   ],
 })

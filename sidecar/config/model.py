@@ -13,16 +13,27 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
-from sidecar.config.types import Duration, Name, parse_duration
+from sidecar.config.resilience import (
+    CircuitBreakerConfig,
+    FallbackConfig,
+    HealthCheckConfig,
+    LimitsConfig,
+    RetryBudgetConfig,
+    RetryConfig,
+)
+from sidecar.config.types import NAME_PATTERN, Duration, Name, parse_duration
 from sidecar.config.types import FrozenModel as _Model
+from sidecar.core import names
 from sidecar.core.addresses import parse_host_port, parse_upstream_url
 from sidecar.errors import ConfigError, ConfigIssue
 
@@ -44,6 +55,25 @@ __all__ = [
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9_\-]{0,31}$")
 
+# Endpoint and cluster fields are judged by sidecar.core.names, like registrations
+# through the admin API; the JSON Schema states the same rules.
+ClusterName = Annotated[str, AfterValidator(names.check_cluster_name), WithJsonSchema({
+    "type": "string", "pattern": NAME_PATTERN,
+    "description": "Letters, digits, '_', '.', '-' (not first: '.', '-'); at most 63.",
+})]
+EndpointId = Annotated[str, AfterValidator(names.check_endpoint_id), WithJsonSchema({
+    "type": "string", "pattern": names.ENDPOINT_ID_PATTERN,
+    "description": "Letters, digits, '_', '.', ':', '[', ']', '-' (not first: '.', ':', "
+                   f"'-'); at most {names.MAX_ENDPOINT_ID}.",
+})]
+Weight = Annotated[int, AfterValidator(names.check_weight), WithJsonSchema({
+    "type": "integer", "minimum": names.MIN_WEIGHT, "maximum": names.MAX_WEIGHT,
+})]
+Labels = Annotated[dict[str, str], AfterValidator(names.check_labels), WithJsonSchema({
+    "type": "object", "maxProperties": names.MAX_LABELS,
+    "propertyNames": {"minLength": 1, "maxLength": names.MAX_LABEL_KEY},
+    "additionalProperties": {"type": "string", "maxLength": names.MAX_LABEL_VALUE},
+})]
 
 
 def _address(value: str) -> str:
@@ -125,13 +155,49 @@ class ClusterSettings(_Model):
     idle_timeout: Duration = Field(60.0, description="Idle connections are closed after this.")
     tls: UpstreamTLS = Field(default_factory=UpstreamTLS,
                              description="Verification of https:// endpoints.")
+    circuit_breaker: CircuitBreakerConfig = Field(
+        default_factory=CircuitBreakerConfig,
+        description="Per-endpoint circuit breaker (default on, with the defaults of its "
+                    "fields; enabled: false turns it off).")
+    health_check: HealthCheckConfig | None = Field(
+        None, description="Active HTTP health checks of every endpoint (default null: off).")
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="Retries of failed attempts (default on, with the defaults of its "
+                    "fields); a route's retry replaces it.")
+    retry_budget: RetryBudgetConfig = Field(
+        default_factory=RetryBudgetConfig,
+        description="Retries allowed at once across the cluster (default on: "
+                    "max(3, 0.2 x active requests)).")
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig,
+        description="Admission limits; over one a request gets 503 at once (default on: "
+                    "1024 in flight, 1024 pending).")
+    panic_threshold: float = Field(
+        0.5, ge=0, le=1,
+        description="When fewer than this share of the endpoints pass their active health "
+                    "checks, the checks are ignored for this cluster and every endpoint "
+                    "is used (default 0.5; 0 never ignores them).")
+    slow_start: Duration | None = Field(
+        None, description="An endpoint that just became usable gets a weight ramping from "
+                          "10% to 100% over this time (default null: full weight at once).")
+    local_app: bool = Field(
+        False, description="This cluster is the application beside the sidecar: /ready "
+                           "answers 503 while none of its endpoints is healthy "
+                           "(default false). Not allowed in cluster_defaults.")
 
 
 class EndpointConfig(_Model):
-    url: str = Field(description="Base URL: http://host:port or https://host:port.")
-    id: Name | None = Field(None, description="Unique in the cluster; default 'host:port'.")
-    weight: int = Field(1, ge=1, le=1000)
-    labels: dict[str, str] = Field(default_factory=dict)
+    url: str = Field(description="Base URL: http://host:port or https://host:port "
+                                 "(required).")
+    id: EndpointId | None = Field(
+        None, description="Unique in the cluster; default null: the URL's 'host:port'.")
+    weight: Weight = Field(1, description="Relative load-balancing weight, 1-1000 "
+                                          "(default 1).")
+    labels: Labels = Field(
+        default_factory=dict,
+        description="Free-form labels (default none): at most 64, keys 1-63 characters, "
+                    "values at most 255, no control characters.")
 
     @field_validator("url")
     @classmethod
@@ -145,7 +211,7 @@ class EndpointConfig(_Model):
 
 
 class ClusterConfig(ClusterSettings):
-    name: Name
+    name: ClusterName
     endpoints: tuple[EndpointConfig, ...] = ()
 
 
@@ -160,7 +226,17 @@ class RouteConfig(_Model):
     cluster: Name
     prefix_rewrite: str | None = Field(
         None, description="Replaces the matched prefix before forwarding.")
-    timeout: Duration | None = Field(None, description="Overrides the cluster's timeout.")
+    timeout: Duration | None = Field(None, description="Overrides the cluster's timeout "
+                                                       "(default null: the cluster's).")
+    retry: RetryConfig | None = Field(
+        None, description="Replaces the cluster's retry policy as a whole for this route "
+                          "(default null: the cluster's).")
+    retry_non_idempotent: bool = Field(
+        False, description="Also retry POST, PATCH and other non-idempotent requests "
+                           "(default false: only GET, HEAD, OPTIONS, TRACE, PUT, DELETE).")
+    fallback: FallbackConfig | None = Field(
+        None, description="What answers when the cluster cannot (default null: the error "
+                          "itself).")
 
     @field_validator("prefix")
     @classmethod
@@ -230,11 +306,68 @@ def format_location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _reference_issues(config: SidecarConfig) -> list[ConfigIssue]:
-    """Checks that span fields: names unique, routes pointing at declared clusters."""
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _settings_issues(settings: ClusterSettings, path: str) -> list[ConfigIssue]:
+    """Checks within one cluster's settings (or cluster_defaults')."""
     issues: list[ConfigIssue] = []
+    per_try = settings.retry.per_try_timeout
+    if per_try is not None and per_try > settings.timeout:
+        issues.append(ConfigIssue(
+            f"{path}.retry.per_try_timeout",
+            f"per_try_timeout {_seconds(per_try)} is over the timeout "
+            f"{_seconds(settings.timeout)}, which bounds all tries together"))
+    return issues
+
+
+def _route_issues(route: RouteConfig, path: str,
+                  clusters: Mapping[str, ClusterConfig]) -> list[ConfigIssue]:
+    """Checks of a route against its cluster: fallback, and retry against timeout."""
+    issues: list[ConfigIssue] = []
+    cluster = clusters.get(route.cluster)
+    if route.fallback is not None and route.fallback.cluster is not None:
+        if route.fallback.cluster == route.cluster:
+            issues.append(ConfigIssue(f"{path}.fallback.cluster",
+                                      f"the fallback cluster {route.cluster!r} is the "
+                                      "route's own cluster"))
+        elif route.fallback.cluster not in clusters:
+            issues.append(ConfigIssue(f"{path}.fallback.cluster",
+                                      f"unknown cluster {route.fallback.cluster!r}"))
+    if cluster is None or (route.retry is None and route.timeout is None):
+        return issues  # unknown cluster (reported), or the cluster's own check covers it
+    retry = route.retry or cluster.retry
+    timeout = route.timeout or cluster.timeout
+    per_try = retry.per_try_timeout
+    if per_try is not None and per_try > timeout:
+        whose = "the route's" if route.timeout is not None else f"cluster {cluster.name!r}'s"
+        if route.retry is not None:
+            issues.append(ConfigIssue(
+                f"{path}.retry.per_try_timeout",
+                f"per_try_timeout {_seconds(per_try)} is over {whose} timeout "
+                f"{_seconds(timeout)}, which bounds all tries together"))
+        else:
+            issues.append(ConfigIssue(
+                f"{path}.timeout",
+                f"timeout {_seconds(timeout)} is below the per_try_timeout "
+                f"{_seconds(per_try)} of cluster {cluster.name!r}'s retry; set a "
+                "retry on the route too"))
+    return issues
+
+
+def _reference_issues(config: SidecarConfig) -> list[ConfigIssue]:
+    """Checks that span fields: names unique, routes pointing at declared clusters,
+    fallback clusters, retry per-try timeouts within the timeouts that bound them."""
+    issues: list[ConfigIssue] = _settings_issues(config.cluster_defaults, "cluster_defaults")
+    if config.cluster_defaults.local_app:
+        issues.append(ConfigIssue(
+            "cluster_defaults.local_app",
+            "must be false: set local_app on the declared cluster of the application; "
+            "clusters created by registration come and go"))
     clusters: set[str] = set()
     for i, cluster in enumerate(config.clusters):
+        issues.extend(_settings_issues(cluster, f"clusters[{i}]"))
         if cluster.name in clusters:
             issues.append(ConfigIssue(f"clusters[{i}].name",
                                       f"duplicate cluster name {cluster.name!r}"))
@@ -251,15 +384,17 @@ def _reference_issues(config: SidecarConfig) -> list[ConfigIssue]:
                                           f"duplicate endpoint URL {url!r} in the cluster"))
             ids.add(endpoint.endpoint_id)
             urls.add(url)
-    names: set[str] = set()
+    by_name = {c.name: c for c in reversed(config.clusters)}  # the first of duplicates
+    route_names: set[str] = set()
     for i, route in enumerate(config.routes):
         if route.cluster not in clusters:
             issues.append(ConfigIssue(f"routes[{i}].cluster",
                                       f"unknown cluster {route.cluster!r}"))
-        if route.route_name in names:
+        if route.route_name in route_names:
             issues.append(ConfigIssue(f"routes[{i}].name",
                                       f"duplicate route name {route.route_name!r}"))
-        names.add(route.route_name)
+        route_names.add(route.route_name)
+        issues.extend(_route_issues(route, f"routes[{i}]", by_name))
     return issues
 
 

@@ -173,7 +173,8 @@ class RetryConfig(FrozenModel):
         description="Failures retried (default connect_failure, reset, timeout, "
                     "gateway_error; also 5xx, retriable_status_codes).")
     retriable_status_codes: tuple[int, ...] = Field(
-        (), description="Statuses retried when retry_on has retriable_status_codes.")
+        (), description="Statuses retried when retry_on has retriable_status_codes "
+                        "(default none).")
     max_retries: int = Field(2, ge=0, le=10, description="Retries after the first try "
                                                          "(default 2).")
     per_try_timeout: Duration | None = Field(
@@ -241,8 +242,9 @@ class StaticFallbackConfig(FrozenModel):
     """A fixed answer."""
 
     status: int = Field(503, ge=200, le=599, description="Status (default 503).")
-    headers: dict[str, str] = Field(default_factory=dict, description="Response headers.")
-    body: str = Field("", description="Response body.")
+    headers: dict[str, str] = Field(default_factory=dict,
+                                    description="Response headers (default none).")
+    body: str = Field("", description="Response body (default empty).")
 
     @field_validator("headers")
     @classmethod
@@ -260,9 +262,13 @@ class StaticFallbackConfig(FrozenModel):
 class FallbackConfig(FrozenModel):
     """What answers when the route's cluster cannot; tried in order: cache, cluster, static."""
 
-    cache: CacheFallbackConfig | None = Field(None, description="Last good response.")
-    cluster: Name | None = Field(None, description="Send the request to this cluster instead.")
-    static: StaticFallbackConfig | None = Field(None, description="A fixed answer.")
+    cache: CacheFallbackConfig | None = Field(
+        None, description="The last good response (default null: none).")
+    cluster: Name | None = Field(
+        None, description="Send the request to this declared cluster instead, not the "
+                          "route's own (default null: none).")
+    static: StaticFallbackConfig | None = Field(
+        None, description="A fixed answer (default null: none).")
 
     @model_validator(mode="after")
     def _check_any(self) -> FallbackConfig:

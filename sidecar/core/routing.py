@@ -16,8 +16,9 @@ Matching rules:
 * The earlier design's addressing, `{orchestrator_prefix}{cluster}/{path}`, is a
   built-in route (named "orchestrator") that competes by the same rules with
   prefix length of `orchestrator_prefix`; a declared route with a longer prefix
-  wins. If the cluster named in the path does not exist, the built-in route does
-  not match and routing goes on to shorter prefixes (404 if none matches).
+  wins. If the cluster named in the path does not exist, the answer is 404
+  `unknown_cluster`: a shorter catch-all route never takes a request addressed to
+  a cluster by name. The bare prefix with no cluster name is not a match.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sidecar.config.model import RouteConfig
+from sidecar.config.resilience import FallbackConfig, RetryConfig
 from sidecar.config.types import NAME_PATTERN
-from sidecar.errors import MethodNotAllowed, NoRoute
+from sidecar.errors import MethodNotAllowed, NoRoute, UnknownCluster
 
 __all__ = ["ORCHESTRATOR_ROUTE", "Route", "RouteMatch", "RouteTable", "normalize_path"]
 
@@ -48,6 +50,10 @@ class Route:
     prefix_rewrite: str | None
     timeout: float | None
     order: int
+    #: Replaces the cluster's retry policy when set.
+    retry: RetryConfig | None = None
+    retry_non_idempotent: bool = False
+    fallback: FallbackConfig | None = None
 
     @classmethod
     def from_config(cls, config: RouteConfig, order: int) -> Route:
@@ -55,7 +61,8 @@ class Route:
         if methods is not None and "GET" in methods:
             methods = methods | {"HEAD"}  # HEAD is GET without a body (RFC 9110 9.3.2)
         return cls(config.route_name, config.prefix, config.host, methods, config.cluster,
-                   config.prefix_rewrite, config.timeout, order)
+                   config.prefix_rewrite, config.timeout, order, config.retry,
+                   config.retry_non_idempotent, config.fallback)
 
     def matches_path(self, path: str) -> bool:
         prefix = self.prefix
@@ -150,7 +157,9 @@ class RouteTable:
     def match(self, host: str, method: str, target: str) -> RouteMatch:
         """Route a request. `host` is lower case without port; `target` is path[?query].
 
-        Raises NoRoute (404) or MethodNotAllowed (405, with the allowed methods).
+        Raises NoRoute (404), UnknownCluster (404: the orchestrator prefix with a
+        cluster name that does not exist) or MethodNotAllowed (405, with the allowed
+        methods).
         """
         path = target.partition("?")[0] if "?" in target else target
         allowed: set[str] = set()
@@ -181,8 +190,12 @@ class RouteTable:
             if i != -1 and i < end:
                 end = i
         cluster = rest[:end]
-        if not cluster or not _CLUSTER_NAME.fullmatch(cluster) or not self._cluster_exists(cluster):
-            return None
+        if not cluster:
+            return None  # the bare prefix names no cluster: other routes may match
+        if not _CLUSTER_NAME.fullmatch(cluster) or not self._cluster_exists(cluster):
+            # Addressing a cluster by name and reaching a catch-all route instead
+            # would send the request somewhere the client did not ask for.
+            raise UnknownCluster()
         upstream = rest[end:]
         if not upstream.startswith("/"):
             upstream = "/" + upstream

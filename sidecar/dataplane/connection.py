@@ -62,8 +62,10 @@ CLOSED: Final = 4
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
-class StaleConnection(Exception):
-    """A reused connection ended before any byte of the response: safe to replay."""
+class StaleConnection(UpstreamReset):
+    """A reused connection ended before any byte of the response: the request never
+    reached the application, so it may be replayed on a fresh connection (the proxy's
+    attempt loop decides; the pool never retries by itself)."""
 
 
 class _StopParser(Exception):

@@ -17,9 +17,10 @@ Pool theory of operation
   or ``request()`` fails. ``release()`` pools it only when reusable (see
   ``upstream_protocol``) and the pool holds fewer than ``max_idle``.
 * A reused connection that ends before any response byte (the server closed it while
-  it was idle, and we had not noticed yet) raises ``StaleConnection`` inside; with
-  ``retry_stale`` the request is replayed once on a fresh connection, otherwise it is
-  ``UpstreamReset``.
+  it was idle, and we had not noticed yet) raises ``StaleConnection`` (an
+  ``UpstreamReset``). The pool never retries: whether to replay, and on which
+  connection (``fresh=True`` skips the idle ones), is the proxy's attempt loop's
+  decision (``sidecar.core.retry``).
 * Cancellation (the caller's ``asyncio.timeout``) anywhere in ``request()`` or
   ``read()`` aborts the connection; it is never pooled again.
 """
@@ -32,9 +33,9 @@ from collections.abc import AsyncIterator
 
 from sidecar.config.model import UpstreamTLS
 from sidecar.core.addresses import UpstreamAddress
-from sidecar.dataplane.connection import StaleConnection, UpstreamConnection, UpstreamResponse
+from sidecar.dataplane.connection import UpstreamConnection, UpstreamResponse
 from sidecar.dataplane.tls import client_context
-from sidecar.errors import UpstreamConnectError, UpstreamReset
+from sidecar.errors import UpstreamConnectError
 
 __all__ = ["UpstreamPool", "UpstreamResponse"]
 
@@ -99,25 +100,20 @@ class UpstreamPool:
 
     async def request(self, head: bytes, body: bytes | AsyncIterator[bytes] | None = None, *,
                       chunked: bool = False, head_request: bool = False,
-                      retry_stale: bool = False) -> UpstreamResponse:
+                      fresh: bool = False) -> UpstreamResponse:
         """Send ``head`` (and ``body``) and return the response once its head is parsed.
 
-        Raises UpstreamConnectError, UpstreamReset or UpstreamProtocolError (also when
-        the framing breaks in the same read as the head: the caller has not committed
-        to anything yet); see the module docstring for retries and cancellation.
+        Raises UpstreamConnectError (the request never left), StaleConnection (a reused
+        connection was already closed: the request never reached the application),
+        UpstreamReset or UpstreamProtocolError (also when the framing breaks in the
+        same read as the head: the caller has not committed to anything yet).
+        ``fresh``: open a new connection instead of reusing an idle one.
         A streamed ``body`` stops being pulled once a final response arrives (e.g. an
         early 413); closing the iterator is the caller's business.
         """
-        conn = self._checkout()
+        conn = None if fresh else self._checkout()
         if conn is None:
             conn = await self._connect()
-        try:
-            return await conn.roundtrip(head, body, chunked, head_request)
-        except StaleConnection:
-            if not retry_stale or not (body is None or isinstance(body, bytes)):
-                raise UpstreamReset() from None
-        # Replay once on a fresh connection: a fresh one cannot be stale.
-        conn = await self._connect()
         return await conn.roundtrip(head, body, chunked, head_request)
 
     def close(self) -> None:

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiohttp import web
@@ -38,7 +40,20 @@ from sidecar.core.headers import (
     valid_request_id,
 )
 from sidecar.core.hosts import Host
-from sidecar.core.routing import RouteTable, normalize_path
+from sidecar.core.retry import (
+    CONNECT_FAILURE,
+    RESET,
+    STALE,
+    TIMEOUT,
+    AttemptPlan,
+    NoRetry,
+    RetryDecision,
+    RetryPolicy,
+    classify_status,
+)
+from sidecar.core.routing import Route, RouteMatch, RouteTable, normalize_path
+from sidecar.dataplane.body import BUFFER_REQUEST_BODY, RequestBody
+from sidecar.dataplane.connection import StaleConnection
 from sidecar.dataplane.deadlines import DeadlineWheel
 from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
 from sidecar.errors import (
@@ -46,6 +61,7 @@ from sidecar.errors import (
     MethodNotAllowed,
     NoHealthyEndpoint,
     NoRoute,
+    Overflow,
     ProxyError,
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -58,18 +74,18 @@ from sidecar.registry import Registry
 
 __all__ = ["DataPlaneState", "Proxy", "ProxyResponse", "error_response"]
 
-# Bodies up to this size are read whole before forwarding: one write upstream, and
-# an idempotent request stays replayable on a stale pooled connection.
-BUFFER_REQUEST_BODY = 64 * 1024
 # Responses of known length up to this size are gathered and sent in one write.
 BUFFER_RESPONSE_BODY = 256 * 1024
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _UPSTREAM_ERROR_KIND: dict[type[ProxyError], str] = {
     UpstreamConnectError: "connect",
     UpstreamReset: "reset",
     UpstreamTimeout: "timeout",
     UpstreamProtocolError: "protocol",
 }
+# Failure kind (sidecar.core.retry) -> the `kind` label of sidecar_upstream_errors_total.
+_ERROR_METRIC_KIND = {CONNECT_FAILURE: "connect", RESET: "reset", TIMEOUT: "timeout",
+                      STALE: "stale"}
+_NO_BODY = RequestBody()
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -121,6 +137,15 @@ class ProxyResponse(web.StreamResponse):
         await super().write_eof(data)
 
 
+class _AttemptFailed(Exception):
+    """One try failed before its response head: `kind` is a sidecar.core.retry failure
+    kind, `error` what the client gets if no retry follows."""
+
+    def __init__(self, kind: str, error: ProxyError) -> None:
+        self.kind = kind
+        self.error = error
+
+
 def _connection_field(keep_alive: bool, version: bytes) -> bytes:
     """Say what happens to the client connection when HTTP's default would be wrong."""
     if not keep_alive:
@@ -135,6 +160,8 @@ def error_response(error: ProxyError, request_id: str, version: bytes = b"1.1",
                                  "request_id": request_id}}, separators=(",", ":")).encode()
     if isinstance(error, MethodNotAllowed):
         extra_headers += b"Allow: " + ", ".join(error.allowed).encode() + b"\r\n"
+    if error.retry_after is not None:
+        extra_headers += b"Retry-After: %d\r\n" % max(1, math.ceil(error.retry_after))
     framing = b"Content-Length: %d\r\n" % len(body) + _connection_field(keep_alive, version)
     head = build_response_head(version, error.status, b"", (
         (b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")),
@@ -145,10 +172,15 @@ def error_response(error: ProxyError, request_id: str, version: bytes = b"1.1",
 
 @dataclass(eq=False)
 class DataPlaneState:
-    """What one configuration means to the data plane; replaced whole on reload."""
+    """What one configuration means to the data plane; replaced whole on reload.
+
+    Runtime state that must outlive a reload (hosts, breakers, limits, the retry
+    budget) is not here: it is in each cluster's `HostSet`."""
 
     config: SidecarConfig
     routes: RouteTable
+    rng: random.Random = field(default_factory=random.Random)
+    _policies: dict[tuple[str, str], RetryPolicy] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: SidecarConfig, registry: Registry) -> DataPlaneState:
@@ -156,6 +188,17 @@ class DataPlaneState:
         routes = RouteTable(config.routes, config.listener.orchestrator_prefix,
                             clusters.__contains__)
         return cls(config, routes)
+
+    def retry_policy(self, route: Route, settings: ClusterSettings) -> RetryPolicy:
+        """The route's retry policy: its own `retry`, else its cluster's (made once per
+        route and cluster, then shared by their requests)."""
+        key = (route.name, route.cluster or "")
+        policy = self._policies.get(key)
+        if policy is None or policy.config is not (route.retry or settings.retry):
+            policy = self._policies[key] = RetryPolicy(
+                route.retry or settings.retry, self.rng,
+                retry_non_idempotent=route.retry_non_idempotent)
+        return policy
 
 
 async def _stream_body(request: BaseRequest) -> AsyncIterator[bytes]:
@@ -253,15 +296,11 @@ class Proxy:
             match = routes.match(_host_without_port(host) if routes.uses_host else "", method,
                                  target)
             route_name, cluster_name = match.route.name, match.cluster
-            response = await self._forward(request, state, match.cluster,
-                                           match.route.timeout, match.target,
-                                           request_id.encode(), version)
+            response = await self._forward(request, state, match, request_id.encode(),
+                                           version)
             status = getattr(response, "aborted_status", None) or response.status
             return response
         except ProxyError as error:
-            kind = _UPSTREAM_ERROR_KIND.get(type(error))
-            if kind is not None:
-                metrics.upstream_error(cluster_name, kind)
             status = error.status
             keep_alive = (request.keep_alive and not request._message.upgrade
                           and not isinstance(error, BadRequest) and request.method != "CONNECT")
@@ -293,63 +332,174 @@ class Proxy:
             return rest[slash:]
         raise BadRequest("The request target must be an absolute path.")
 
-    async def _forward(self, request: BaseRequest, state: DataPlaneState, cluster_name: str,
-                       route_timeout: float | None, target: str, rid: bytes,
-                       version: bytes) -> web.StreamResponse:
+    async def _forward(self, request: BaseRequest, state: DataPlaneState, match: RouteMatch,
+                       rid: bytes, version: bytes) -> web.StreamResponse:
+        """Route -> admit -> attempt loop -> respond.
+
+        The decisions are the core's: `HostSet.pick` (usable hosts, breakers),
+        `ClusterLimits` (admission), `AttemptPlan.decide` (retry or not, backoff,
+        budget, the body replay rule). This method only performs them."""
+        cluster_name = match.cluster
         members = self.registry.clusters.get(cluster_name)
         if members is None:
             raise NoRoute()
-        endpoint = members.hosts.pick()
-        if endpoint is None:
-            raise NoHealthyEndpoint()
+        hosts = members.hosts
+        limits = hosts.limits
+        over = limits.try_admit()
+        if over is not None:
+            self.metrics.overflow(cluster_name, over)
+            raise Overflow(over)
         settings = members.settings
-        pool = cast(UpstreamPool | None, endpoint.pool) or self._pool(endpoint, settings)
-        method = request.method
-        body: bytes | AsyncIterator[bytes] | None = None
-        chunked = False
-        framing = b""
-        length = request.content_length
-        if request._message.chunked:
-            chunked = True
-            framing = _CHUNKED
-        elif length is not None:
-            framing = b"Content-Length: %d\r\n" % length
-        if (chunked or length) and "Expect" in request.headers:
-            if request.headers["Expect"].lower() == "100-continue" and request.transport:
-                request.transport.write(_CONTINUE)
-        if chunked or (length is not None and length > BUFFER_REQUEST_BODY):
-            body = _stream_body(request)
-        elif length:
-            body = await request.read()
-        head = build_request_head(
-            _METHODS.get(method) or method.encode(), target.encode("utf-8", "surrogateescape"),
-            request.raw_headers,
-            host=(None if settings.preserve_host and "Host" in request.headers
-                  else endpoint.address.authority.encode()),
-            client=(request.remote or "").encode(), proto=self._proto,
-            request_id=rid, framing=framing, via_version=b"1." + version[2:])
-        head_request = method == "HEAD"
-        endpoint.active_requests += 1
-        deadline = self._deadlines.add(route_timeout or settings.timeout)
+        deadline = self._deadlines.add(match.route.timeout or settings.timeout)
+        plan: AttemptPlan | None = None
         try:
-            upstream = await pool.request(
-                head, body, chunked=chunked, head_request=head_request,
-                retry_stale=method in _IDEMPOTENT and not isinstance(body, AsyncIterator))
-            try:
-                if upstream.complete:  # the usual small response, already all here
-                    return self._whole(request, upstream, upstream.body(), rid, version)
-                return await self._respond(request, upstream, rid, version, cluster_name)
-            except BaseException:
-                upstream.abort()
-                raise
+            policy = state.retry_policy(match.route, settings)
+            body = await self._request_body(request, policy.config.retry_buffer_bytes)
+            method = request.method
+            head_request = method == "HEAD"
+            exclude: tuple[Host, ...] = ()
+            fresh = False
+            while True:
+                host = hosts.pick(self._clock(), exclude)
+                if host is None:
+                    raise NoHealthyEndpoint(hosts.retry_after())
+                head = self._request_head(request, match.target, host, settings, rid, version)
+                kind: str | None = None
+                upstream: UpstreamResponse | None = None
+                host.active_requests += 1
+                try:
+                    upstream = await self._attempt(host, settings, head, body.for_try(),
+                                                   request, head_request, fresh, policy)
+                except _AttemptFailed as failed:
+                    kind = failed.kind
+                    error = failed.error
+                finally:
+                    host.active_requests -= 1
+                if upstream is not None:
+                    status = upstream.status
+                    failure = classify_status(status)
+                    if failure is None or not policy.retries_status(status):
+                        # An answer the client gets: the breaker learns, then respond.
+                        if failure is not None:
+                            hosts.on_failure(host, failure)
+                        else:
+                            hosts.on_success(host)
+                        return await self._respond_upstream(request, upstream, host, rid,
+                                                            version, cluster_name)
+                    hosts.on_failure(host, failure)
+                    if plan is None:
+                        plan = policy.plan(method, hosts.budget)
+                    decision = plan.decide(None, status, sent=True, body=body.state,
+                                           endpoint=host, active_requests=limits.active)
+                    if not decision.retry:
+                        self._note_refusal(cluster_name, decision)
+                        return await self._respond_upstream(request, upstream, host, rid,
+                                                            version, cluster_name)
+                    upstream.abort()  # a retriable failure: its body is not wanted
+                else:
+                    if kind != STALE:
+                        hosts.on_failure(host, TIMEOUT if kind == TIMEOUT else
+                                         CONNECT_FAILURE if kind == CONNECT_FAILURE else RESET)
+                    else:
+                        hosts.release(host)
+                    assert kind is not None
+                    self.metrics.upstream_error(cluster_name, _ERROR_METRIC_KIND[kind])
+                    if plan is None:
+                        plan = policy.plan(method, hosts.budget)
+                    decision = plan.decide(kind, sent=kind != CONNECT_FAILURE,
+                                           body=body.state, endpoint=host,
+                                           active_requests=limits.active)
+                    if not decision.retry:
+                        self._note_refusal(cluster_name, decision)
+                        raise error
+                self.metrics.retry(cluster_name, decision.reason)
+                fresh = decision.reason == STALE
+                if not fresh:
+                    exclude = cast(tuple[Host, ...], plan.tried)
+                if decision.delay > 0:
+                    await asyncio.sleep(decision.delay)
         except asyncio.CancelledError:
             # Our deadline, and nobody else's cancellation pending: a timeout.
             if deadline.expired and deadline.task.uncancel() == 0:
+                self.metrics.upstream_error(cluster_name, "timeout")
                 raise UpstreamTimeout() from None
             raise
         finally:
             self._deadlines.remove(deadline)
-            endpoint.active_requests -= 1
+            if plan is not None:
+                plan.finish()
+            limits.done()
+
+    async def _attempt(self, host: Host, settings: ClusterSettings, head: bytes,
+                       body: bytes | AsyncIterator[bytes] | None, request: BaseRequest,
+                       head_request: bool, fresh: bool, policy: RetryPolicy
+                       ) -> UpstreamResponse:
+        """One try on one host: its response once the head is in, or `_AttemptFailed`
+        saying what went wrong. A `per_try_timeout` bounds the try alone."""
+        pool = cast(UpstreamPool | None, host.pool) or self._pool(host, settings)
+        per_try = policy.config.per_try_timeout
+        try_deadline = self._deadlines.add(per_try) if per_try is not None else None
+        try:
+            return await pool.request(head, body, chunked=request._message.chunked,
+                                      head_request=head_request, fresh=fresh)
+        except StaleConnection as exc:
+            raise _AttemptFailed(STALE, exc) from None
+        except UpstreamConnectError as exc:
+            raise _AttemptFailed(CONNECT_FAILURE, exc) from None
+        except (UpstreamReset, UpstreamProtocolError) as exc:
+            raise _AttemptFailed(RESET, exc) from None
+        except asyncio.CancelledError:
+            if (try_deadline is not None and try_deadline.expired
+                    and try_deadline.task.uncancel() == 0):
+                raise _AttemptFailed(TIMEOUT, UpstreamTimeout()) from None
+            raise
+        finally:
+            if try_deadline is not None:
+                self._deadlines.remove(try_deadline)
+
+    async def _request_body(self, request: BaseRequest, keep_bytes: int) -> RequestBody:
+        length = request.content_length
+        chunked = request._message.chunked
+        if (chunked or length) and "Expect" in request.headers:
+            if request.headers["Expect"].lower() == "100-continue" and request.transport:
+                request.transport.write(_CONTINUE)
+        if chunked or (length is not None and length > BUFFER_REQUEST_BODY):
+            return RequestBody(source=_stream_body(request), keep_bytes=keep_bytes)
+        if length:
+            return RequestBody(whole=await request.read())
+        return _NO_BODY
+
+    def _request_head(self, request: BaseRequest, target: str, host: Host,
+                      settings: ClusterSettings, rid: bytes, version: bytes) -> bytes:
+        length = request.content_length
+        framing = (_CHUNKED if request._message.chunked
+                   else b"Content-Length: %d\r\n" % length if length is not None else b"")
+        method = request.method
+        return build_request_head(
+            _METHODS.get(method) or method.encode(), target.encode("utf-8", "surrogateescape"),
+            request.raw_headers,
+            host=(None if settings.preserve_host and "Host" in request.headers
+                  else host.address.authority.encode()),
+            client=(request.remote or "").encode(), proto=self._proto,
+            request_id=rid, framing=framing, via_version=b"1." + version[2:])
+
+    def _note_refusal(self, cluster: str, decision: RetryDecision) -> None:
+        if decision.reason == NoRetry.BUDGET_EXHAUSTED:
+            self.metrics.retry_refused(cluster, decision.reason)
+
+    async def _respond_upstream(self, request: BaseRequest, upstream: UpstreamResponse,
+                                host: Host, rid: bytes, version: bytes,
+                                cluster_name: str) -> web.StreamResponse:
+        host.active_requests += 1  # the body is still flowing from this host
+        try:
+            if upstream.complete:  # the usual small response, already all here
+                return self._whole(request, upstream, upstream.body(), rid, version)
+            return await self._respond(request, upstream, rid, version, cluster_name)
+        except BaseException:
+            upstream.abort()
+            raise
+        finally:
+            host.active_requests -= 1
 
     @staticmethod
     def _whole(request: BaseRequest, upstream: UpstreamResponse, body: bytes, rid: bytes,

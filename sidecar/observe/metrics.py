@@ -11,7 +11,14 @@ Exposed (all prefixed `sidecar_`):
 * `requests_total{route,cluster,code_class}`: finished requests; code_class 2xx..5xx.
 * `request_duration_seconds{route,cluster}`: histogram, first byte in to last byte out.
 * `active_requests`: requests in flight on the listener.
-* `upstream_errors_total{cluster,kind}`: kind is connect, reset, timeout, protocol.
+* `upstream_errors_total{cluster,kind}`: failed upstream tries; kind is connect, reset,
+  timeout, stale (a pooled connection the upstream had closed; replayed for free).
+* `retries_total{cluster,reason}`: retries made, by the failure retried.
+* `retries_refused_total{cluster,reason}`: retries not made because the budget was spent.
+* `overflows_total{cluster,limit}`: requests refused by max_requests / max_pending.
+* `breaker_state{cluster,endpoint,state}`: 1 for the state each endpoint's breaker is in.
+* `breaker_transitions_total{cluster,state}`: breaker transitions, by the state entered.
+* `panic_mode{cluster}`: 1 while a cluster ignores its failing health checks.
 * `endpoints{cluster,status}`: endpoints per cluster and status.
 * `config_info{version,source}`, `config_loads_total{result}`,
   `config_last_load_timestamp_seconds`.
@@ -64,6 +71,10 @@ class Metrics(Collector):
         self._stats: dict[tuple[str, str], RequestStats] = {}
         self.active_requests = 0
         self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.retries: dict[tuple[str, str], int] = {}
+        self.retries_refused: dict[tuple[str, str], int] = {}
+        self.overflows: dict[tuple[str, str], int] = {}
+        self.breaker_transitions: dict[tuple[str, str], int] = {}
         self.config_loads = {"success": 0, "failure": 0}
         self.config_last_load = 0.0
         self.registry: Registry | None = None
@@ -78,6 +89,22 @@ class Metrics(Collector):
     def upstream_error(self, cluster: str, kind: str) -> None:
         key = (cluster, kind)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def retry(self, cluster: str, reason: str) -> None:
+        key = (cluster, reason)
+        self.retries[key] = self.retries.get(key, 0) + 1
+
+    def retry_refused(self, cluster: str, reason: str) -> None:
+        key = (cluster, reason)
+        self.retries_refused[key] = self.retries_refused.get(key, 0) + 1
+
+    def overflow(self, cluster: str, limit: str) -> None:
+        key = (cluster, limit)
+        self.overflows[key] = self.overflows.get(key, 0) + 1
+
+    def breaker_transition(self, cluster: str, state: str) -> None:
+        key = (cluster, state)
+        self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
 
     def config_loaded(self, ok: bool, when: float) -> None:
         self.config_loads["success" if ok else "failure"] += 1
@@ -105,12 +132,25 @@ class Metrics(Collector):
         yield duration
         yield GaugeMetricFamily("sidecar_active_requests", "Requests in flight.",
                                 value=self.active_requests)
-        errors = CounterMetricFamily("sidecar_upstream_errors", "Failed upstream attempts, by "
-                                     "cluster and kind (connect, reset, timeout, protocol).",
+        errors = CounterMetricFamily("sidecar_upstream_errors", "Failed upstream tries, by "
+                                     "cluster and kind (connect, reset, timeout, stale).",
                                      labels=["cluster", "kind"])
         for (cluster, kind), count in sorted(self.upstream_errors.items()):
             errors.add_metric([cluster, kind], count)
         yield errors
+        for name, doc, label, counts in (
+                ("sidecar_retries", "Retries made, by cluster and the failure retried.",
+                 "reason", self.retries),
+                ("sidecar_retries_refused", "Retries not made because the cluster's retry "
+                 "budget was spent.", "reason", self.retries_refused),
+                ("sidecar_overflows", "Requests refused at once by a cluster limit.",
+                 "limit", self.overflows),
+                ("sidecar_breaker_transitions", "Circuit breaker transitions, by the state "
+                 "entered.", "state", self.breaker_transitions)):
+            family = CounterMetricFamily(name, doc, labels=["cluster", label])
+            for (cluster, value), count in sorted(counts.items()):
+                family.add_metric([cluster, value], count)
+            yield family
         loads = CounterMetricFamily("sidecar_config_loads", "Configuration loads, by result.",
                                     labels=["result"])
         for result, count in sorted(self.config_loads.items()):
@@ -123,18 +163,33 @@ class Metrics(Collector):
             yield from self._collect_registry(self.registry)
 
     def _collect_registry(self, registry: Registry) -> Iterator[Metric]:
+        from sidecar.core.breaker import BreakerState
         from sidecar.registry import EndpointStatus
 
         endpoints = GaugeMetricFamily("sidecar_endpoints", "Endpoints by cluster and status.",
                                       labels=["cluster", "status"])
+        breakers = GaugeMetricFamily("sidecar_breaker_state", "1 for the state each "
+                                     "endpoint's circuit breaker is in.",
+                                     labels=["cluster", "endpoint", "state"])
+        panic = GaugeMetricFamily("sidecar_panic_mode", "1 while the cluster ignores its "
+                                  "failing health checks (too few endpoints pass).",
+                                  labels=["cluster"])
         for name in sorted(registry.clusters):
             members = registry.clusters[name]
             counts = dict.fromkeys(EndpointStatus, 0)
-            for endpoint in members.endpoints.values():
+            for endpoint_id in sorted(members.endpoints):
+                endpoint = members.endpoints[endpoint_id]
                 counts[endpoint.status] += 1
+                current = endpoint.host.breaker.state
+                for state in BreakerState:
+                    breakers.add_metric([name, endpoint_id, state.name.lower()],
+                                        1 if state is current else 0)
             for status, count in counts.items():
                 endpoints.add_metric([name, status.name.lower()], count)
+            panic.add_metric([name], 1 if members.hosts.panic else 0)
         yield endpoints
+        yield breakers
+        yield panic
         info = registry.config_info
         if info is not None:
             config = GaugeMetricFamily("sidecar_config_info", "The serving configuration; "

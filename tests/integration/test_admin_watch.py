@@ -15,7 +15,7 @@ from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.admin.v1 import admin_service_pb2_grpc as api_grpc
 from sidecar.admin.v1 import resources_pb2 as res
 from sidecar.events import Event
-from sidecar.registry import EndpointStatus, Registry
+from sidecar.registry import Registry
 
 CONFIG = {
     "clusters": [
@@ -106,7 +106,7 @@ async def test_snapshot_then_every_change_in_order(stub: api_grpc.AdminServiceSt
     assert changed.WhichOneof("change") == "endpoint_status_changed"
     assert changed.endpoint_status_changed.previous_status == res.ENDPOINT_STATUS_ACTIVE
     assert changed.endpoint_status_changed.endpoint.status == res.ENDPOINT_STATUS_UNHEALTHY
-    assert changed.endpoint_status_changed.reason == "health check failed"
+    assert changed.endpoint_status_changed.reason == "breaker open: health check failed"
 
     removed = await read_event(call)
     assert removed.WhichOneof("change") == "endpoint_removed"
@@ -115,8 +115,11 @@ async def test_snapshot_then_every_change_in_order(stub: api_grpc.AdminServiceSt
     loaded = await read_event(call)
     assert loaded.WhichOneof("change") == "config_loaded"
     assert loaded.config_loaded.config.source == "/etc/reloaded.json"
-    assert [e.sequence for e in (added, changed, removed, loaded)] == list(
-        range(snapshot.sequence + 1, snapshot.sequence + 5))
+    # Increasing bus numbers; the breaker transition before the status change is on
+    # the bus too (its own message type is not streamed yet), hence the one gap.
+    sequences = [e.sequence for e in (added, changed, removed, loaded)]
+    assert sequences == sorted(set(sequences)) and sequences[0] == snapshot.sequence + 1
+    assert sequences[-1] - sequences[0] <= 4
     call.cancel()
 
 

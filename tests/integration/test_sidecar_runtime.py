@@ -64,7 +64,7 @@ async def test_in_flight_request_finishes_after_deregistration(start_upstream, s
     assert await asyncio.wait_for(task, 5) == (200, "done")
     async with client.get(base_url(sidecar) + "/") as resp:
         assert resp.status == 503
-        assert (await resp.json())["error"]["code"] == "no_healthy_endpoint"
+        assert (await resp.json())["error"]["code"] == "no_healthy_upstream"
 
 
 async def test_reload_swaps_routes_and_bad_config_keeps_the_old(start_upstream, start_sidecar,

@@ -304,7 +304,7 @@ async def test_watch_count_text(target: str, registry: Registry) -> None:
     events = [line for line in out.splitlines() if line.startswith("seq=")]
     assert len(events) == 3
     assert " added users/new http://127.0.0.1:9000 ACTIVE" in events[0]
-    assert " status users/new ACTIVE -> UNHEALTHY (health check failed)" in events[1]
+    assert " status users/new ACTIVE -> UNHEALTHY (breaker open: health check failed)" in events[1]
     assert events[2].endswith(" removed users/new (deregistered)")
 
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.core.addresses import UpstreamAddress
-from sidecar.dataplane.connection import HIGH_WATER, UpstreamConnection
+from sidecar.dataplane.connection import HIGH_WATER, StaleConnection, UpstreamConnection
 from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
 from sidecar.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamReset
 
@@ -495,18 +495,20 @@ def serve_once_then_drop_next() -> Handler:
     return handler
 
 
-async def test_stale_connection_retried_once_on_fresh_connection() -> None:
+async def test_stale_connection_raises_stale_and_fresh_connection_serves() -> None:
     async with RawServer(serve_once_then_drop_next()) as server:
         pool = server.pool()
         (await pool.request(GET)).release()
-        resp = await pool.request(GET, retry_stale=True)
+        with pytest.raises(StaleConnection):
+            await pool.request(GET)
+        resp = await pool.request(GET, fresh=True)
         assert resp.body() == b"hi"
         resp.release()
         assert server.connections == 2 and pool.idle_count == 1
         pool.close()
 
 
-async def test_stale_connection_without_retry_raises_reset() -> None:
+async def test_stale_connection_is_a_reset_to_callers_that_do_not_retry() -> None:
     async with RawServer(serve_once_then_drop_next()) as server:
         pool = server.pool()
         (await pool.request(GET)).release()
@@ -532,19 +534,21 @@ async def test_stale_bytes_body_is_replayed() -> None:
     async with RawServer(handler) as server:
         pool = server.pool()
         (await pool.request(GET)).release()
-        resp = await pool.request(post, b"hello", retry_stale=True)
+        with pytest.raises(StaleConnection):
+            await pool.request(post, b"hello")
+        resp = await pool.request(post, b"hello", fresh=True)
         assert resp.body() == b"hello"
         resp.release()
         pool.close()
 
 
-async def test_stale_streamed_body_is_not_replayed() -> None:
+async def test_stale_streamed_body_raises_stale_and_pool_does_not_retry() -> None:
     async with RawServer(serve_once_then_drop_next()) as server:
         pool = server.pool()
         (await pool.request(GET)).release()
         head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-        with pytest.raises(UpstreamReset):
-            await pool.request(head, _chunks([b"abc"]), chunked=True, retry_stale=True)
+        with pytest.raises(StaleConnection):
+            await pool.request(head, _chunks([b"abc"]), chunked=True)
         assert server.connections == 1
         assert (pool.idle_count, pool.active_count) == (0, 0)
         pool.close()
@@ -556,8 +560,9 @@ async def test_reset_on_fresh_connection_is_never_retried() -> None:
 
     async with RawServer(handler) as server:
         pool = server.pool()
-        with pytest.raises(UpstreamReset):
-            await pool.request(GET, retry_stale=True)
+        with pytest.raises(UpstreamReset) as caught:
+            await pool.request(GET)
+        assert not isinstance(caught.value, StaleConnection)  # a fresh one is never stale
         assert server.connections == 1
         pool.close()
 
@@ -572,8 +577,9 @@ async def test_reset_after_response_bytes_is_never_retried() -> None:
     async with RawServer(handler) as server:
         pool = server.pool()
         (await pool.request(GET)).release()
-        with pytest.raises(UpstreamReset):
-            await pool.request(GET, retry_stale=True)
+        with pytest.raises(UpstreamReset) as caught:
+            await pool.request(GET)
+        assert not isinstance(caught.value, StaleConnection)  # response bytes had come
         assert server.connections == 1
         pool.close()
 
@@ -583,9 +589,12 @@ async def test_idle_connection_closed_by_peer_is_not_used() -> None:
         pool = server.pool()
         (await pool.request(GET)).release()
         await server.closed.wait()
-        # Whether or not the client has seen the FIN yet, the request must succeed on a
-        # fresh connection (discarded on checkout, or replayed as stale).
-        resp = await pool.request(GET, retry_stale=True)
+        # Whether or not the client has seen the FIN yet, the request succeeds on a
+        # fresh connection: discarded on checkout, or reported stale and replayed.
+        try:
+            resp = await pool.request(GET)
+        except StaleConnection:
+            resp = await pool.request(GET, fresh=True)
         assert resp.body() == b"hi"
         resp.release()
         assert server.connections == 2

@@ -64,7 +64,8 @@ def test_load_config_returns_config_version_and_text(tmp_path: Path) -> None:
     assert loaded.source == path
     assert loaded.config.cluster("app") is not None
     assert loaded.version == config_version(loaded.config)
-    assert json.loads(loaded.rendered)["routes"] == [{"prefix": "/", "cluster": "app"}]
+    assert json.loads(loaded.rendered)["routes"] == [
+        {"prefix": "/", "cluster": "app", "retry_non_idempotent": False}]
     with pytest.raises(dataclasses.FrozenInstanceError):
         loaded.version = "x"  # type: ignore[misc]
 

@@ -65,6 +65,10 @@ def test_empty_metrics_expose_every_family() -> None:
         "sidecar_request_duration_seconds": "histogram",
         "sidecar_active_requests": "gauge",
         "sidecar_upstream_errors_total": "counter",
+        "sidecar_retries_total": "counter",
+        "sidecar_retries_refused_total": "counter",
+        "sidecar_overflows_total": "counter",
+        "sidecar_breaker_transitions_total": "counter",
         "sidecar_config_loads_total": "counter",
         "sidecar_config_last_load_timestamp_seconds": "gauge",
     }

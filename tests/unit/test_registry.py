@@ -320,9 +320,10 @@ def test_set_status_updates_time_and_reports_previous(registry: Registry, clock:
     clock.advance(5)
     info = registry.observe("web", "h:1", ok=False, reason="3 failed checks")
     assert (info.status, info.create_time, info.update_time) == (UNHEALTHY, 1_000.0, 1_005.0)
-    last = events[-1]
+    breaker, last = events[-2:]
+    assert (breaker.kind, breaker.reason) == (EventKind.BREAKER_CHANGED, "3 failed checks")
     assert (last.kind, last.previous_status, last.reason, last.endpoint) == (
-        EventKind.ENDPOINT_STATUS_CHANGED, ACTIVE, "3 failed checks", info)
+        EventKind.ENDPOINT_STATUS_CHANGED, ACTIVE, "breaker open: 3 failed checks", info)
 
 
 def test_set_status_to_the_same_status_is_a_no_op(registry: Registry, clock: FakeClock,

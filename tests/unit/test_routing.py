@@ -9,7 +9,7 @@ import pytest
 
 from sidecar.config.model import RouteConfig
 from sidecar.core.routing import ORCHESTRATOR_ROUTE, RouteMatch, RouteTable, normalize_path
-from sidecar.errors import MethodNotAllowed, NoRoute
+from sidecar.errors import MethodNotAllowed, NoRoute, UnknownCluster
 
 
 def route(prefix: str, cluster: str = "web", **kwargs: Any) -> RouteConfig:
@@ -378,3 +378,20 @@ def test_route_table_is_not_mutated_by_matching() -> None:
     for target in ("/a", "/b", "/orchestrator/x/y"):
         match(t, target)
     assert t.routes == before
+
+
+def test_orchestrator_unknown_cluster_never_falls_to_a_catch_all() -> None:
+    catch_all = RouteConfig(name="all", prefix="/", cluster="app")
+    t = table([catch_all], ORCH, clusters=["app", "billing"])
+    with pytest.raises(UnknownCluster) as caught:
+        match(t, "/orchestrator/nope/x")
+    assert (caught.value.status, caught.value.code) == (404, "unknown_cluster")
+    # Known clusters and the bare prefix behave as before.
+    assert match(t, "/orchestrator/billing/x").cluster == "billing"
+    assert match(t, "/orchestrator/").cluster == "app"
+
+
+def test_a_declared_longer_prefix_still_beats_the_orchestrator_route() -> None:
+    legacy = RouteConfig(name="legacy", prefix="/orchestrator/legacy", cluster="app")
+    t = table([legacy], ORCH, clusters=["app"])
+    assert match(t, "/orchestrator/legacy/x").route.name == "legacy"

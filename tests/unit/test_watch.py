@@ -11,7 +11,7 @@ from admin.testing import load_config
 from admin.watch import Snapshot, Watcher, WatchHub
 from sidecar.core.clock import FakeClock
 from sidecar.events import Event, EventKind
-from sidecar.registry import EndpointStatus, Registry
+from sidecar.registry import Registry
 
 CONFIG = {
     "clusters": [
@@ -72,7 +72,7 @@ def test_events_follow_the_snapshot_in_order(registry: Registry) -> None:
     events = drain(watcher)
     assert all(isinstance(e, Event) for e in events)
     assert [e.kind for e in events if isinstance(e, Event)] == [
-        EventKind.ENDPOINT_ADDED, EventKind.ENDPOINT_STATUS_CHANGED,
+        EventKind.ENDPOINT_ADDED, EventKind.BREAKER_CHANGED, EventKind.ENDPOINT_STATUS_CHANGED,
         EventKind.ENDPOINT_REMOVED, EventKind.CONFIG_LOADED]
     sequences = [e.sequence for e in events if isinstance(e, Event)]
     assert sequences == sorted(sequences) and sequences[0] == snapshot.sequence + 1

@@ -1,0 +1,391 @@
+"""Retries: whether a failed upstream attempt is tried again, after how long, and the
+per-cluster retry budget that keeps retries from multiplying an outage.
+
+Owns, each in one place:
+
+* the failure kinds a try can end with, and `classify_status` for answers;
+* the replayable-body rule (`replay_refusal`): a try may be repeated only if the
+  request may be sent twice (idempotent, or it provably never left, or the route
+  allows it) *and* can be sent twice (its body is still whole);
+* the attempt plan of one request (`AttemptPlan`): its retry count, the free retry
+  of a stale pooled connection, the endpoints already tried, the budget slot held;
+* full-jitter exponential backoff (`backoff_delay`) and the time of one try
+  (`try_timeout`);
+* `RetryBudget`: retries in flight per cluster <= max(min_concurrent,
+  ratio x active requests), Envoy's retry budget.
+
+Decide, then await: everything here is synchronous and pure. The proxy performs
+the waits and the tries; the random delays come from an injected `random.Random`.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+from typing import Final
+
+from sidecar.config.resilience import RetryBudgetConfig, RetryConfig
+
+__all__ = [
+    "CONNECT_FAILURE",
+    "GATEWAY_ERROR",
+    "IDEMPOTENT_METHODS",
+    "RESET",
+    "RETRIABLE_STATUS_CODES",
+    "SERVER_ERROR",
+    "STALE",
+    "TIMEOUT",
+    "AttemptPlan",
+    "BodyReplay",
+    "NoRetry",
+    "RetryBudget",
+    "RetryDecision",
+    "RetryPolicy",
+    "backoff_delay",
+    "classify_status",
+    "replay_refusal",
+    "try_timeout",
+]
+
+# ---------------------------------------------------------------- failure kinds
+
+# The names are config's `FAILURE_KINDS` (the retry_on values), spelled once here.
+CONNECT_FAILURE: Final = "connect_failure"
+RESET: Final = "reset"
+TIMEOUT: Final = "timeout"
+GATEWAY_ERROR: Final = "gateway_error"
+SERVER_ERROR: Final = "5xx"
+RETRIABLE_STATUS_CODES: Final = "retriable_status_codes"
+#: A reused keep-alive connection closed before any byte of the response: the
+#: request never reached the application. Not a config value: it is a transport
+#: detail, retried once for free (see `AttemptPlan`).
+STALE: Final = "stale"
+
+_GATEWAY_STATUSES = frozenset({502, 503, 504})
+_SERVER_STATUSES = frozenset(range(500, 600))
+
+#: RFC 9110 9.2.2: sending one of these twice has the effect of sending it once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def classify_status(status: int) -> str | None:
+    """The failure kind of an upstream answer: gateway_error (502-504), 5xx, or None."""
+    if status in _GATEWAY_STATUSES:
+        return GATEWAY_ERROR
+    if 500 <= status <= 599:
+        return SERVER_ERROR
+    return None
+
+
+# ---------------------------------------------------------------- the replay rule
+
+
+class BodyReplay(enum.Enum):
+    """What is left of the request body for another try."""
+
+    #: No body at all.
+    NONE = "none"
+    #: Read whole before the first try (a `bytes` body): replayable.
+    BUFFERED = "buffered"
+    #: Streamed, and no byte of it has been pulled yet: nothing to replay.
+    UNREAD = "unread"
+    #: Streamed, pulled, and kept whole because it fit `retry_buffer_bytes`.
+    KEPT = "kept"
+    #: Streamed past `retry_buffer_bytes`: the bytes sent are gone, the first
+    #: answer stands.
+    LOST = "lost"
+
+
+class NoRetry(enum.StrEnum):
+    """Why a failed try is not tried again (a metric label: short and stable)."""
+
+    DISABLED = "disabled"
+    NOT_RETRIABLE = "not_retriable"
+    MAX_RETRIES = "max_retries"
+    NON_IDEMPOTENT = "non_idempotent"
+    BODY_NOT_REPLAYABLE = "body_not_replayable"
+    DEADLINE = "deadline"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+
+
+def replay_refusal(*, idempotent: bool, sent: bool, allow_non_idempotent: bool,
+                   body: BodyReplay) -> NoRetry | None:
+    """Why this request must not be sent again, or None if it may.
+
+    The one place of the rule, used by retries and by the cluster fallback.
+
+    * May it be sent twice? Yes if its method is idempotent, or if it provably
+      never left (`sent=False`: the connection failed, or the pool refused it),
+      or if the route says `retry_non_idempotent`.
+    * Can it be sent twice? Yes unless its body was streamed past the replay
+      buffer (`BodyReplay.LOST`).
+    """
+    if sent and not (idempotent or allow_non_idempotent):
+        return NoRetry.NON_IDEMPOTENT
+    if body is BodyReplay.LOST:
+        return NoRetry.BODY_NOT_REPLAYABLE
+    return None
+
+
+# ---------------------------------------------------------------- time
+
+
+def backoff_delay(retry_number: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform(0, min(cap, base * 2**(retry_number - 1))).
+
+    Full rather than equal jitter because it spreads clients that failed together
+    the most (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
+    """
+    # The exponent is clamped only so that a huge retry_number cannot overflow a float.
+    ceiling = min(cap, base * 2.0 ** min(retry_number - 1, 64))
+    return rng.uniform(0.0, ceiling)
+
+
+def try_timeout(per_try_timeout: float | None, remaining: float) -> float:
+    """Time for one try: the per-try timeout, never beyond what the request has left."""
+    if per_try_timeout is None or per_try_timeout > remaining:
+        return remaining
+    return per_try_timeout
+
+
+# ---------------------------------------------------------------- budget
+
+
+class RetryBudget:
+    """Retries in flight to one cluster, bounded by max(min_concurrent, ratio x active).
+
+    One per cluster, kept across reloads (`update_config`). A retry holds a slot
+    from the moment it is decided (through its backoff) until its try ends;
+    `AttemptPlan` pairs every `try_acquire` with one `release`.
+
+    `enabled=False` allows every retry, but the slots are still counted, so that
+    turning the budget on by a reload finds the true count.
+
+    Counters: `retries_in_flight` (gauge), `refused` (total retries refused).
+    """
+
+    __slots__ = ("_ratio", "_min", "_enabled", "retries_in_flight", "refused")
+
+    def __init__(self, config: RetryBudgetConfig) -> None:
+        self.retries_in_flight = 0
+        self.refused = 0
+        self.update_config(config)
+
+    def update_config(self, config: RetryBudgetConfig) -> None:
+        """Take new limits; the slots held and the counters stay."""
+        self._enabled = config.enabled
+        self._ratio = config.ratio
+        self._min = config.min_concurrent
+
+    def allowed(self, active_requests: int) -> int:
+        """Retries allowed in flight at once with this many active requests."""
+        # Rounded down like Envoy. The epsilon keeps e.g. 0.29 x 100 (28.999...) at 29.
+        return max(self._min, int(self._ratio * active_requests + 1e-9))
+
+    def try_acquire(self, active_requests: int) -> bool:
+        """Take a slot for one retry. `active_requests`: the cluster's requests in
+        flight (`ClusterLimits.active`), the one asking included."""
+        if self._enabled and self.retries_in_flight >= self.allowed(active_requests):
+            self.refused += 1
+            return False
+        self.retries_in_flight += 1
+        return True
+
+    def release(self) -> None:
+        """Give back the slot of a retry whose try has ended."""
+        self.retries_in_flight -= 1
+
+
+# ---------------------------------------------------------------- policy and plan
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """Try again (after `delay` seconds) or not; `reason` says why.
+
+    When `retry` is true, `reason` is the failure being retried (a failure kind,
+    `retriable_status_codes`, or `stale`); otherwise it is a `NoRetry`.
+    """
+
+    retry: bool
+    reason: str
+    delay: float = 0.0
+
+
+# Refusals and the stale retry carry no per-request data: built once, never per call.
+_REFUSED: dict[NoRetry, RetryDecision] = {r: RetryDecision(False, r) for r in NoRetry}
+_STALE_RETRY = RetryDecision(True, STALE)
+
+
+class RetryPolicy:
+    """A route's retry rules, built once per configuration and shared by its requests.
+
+    `config`: the route's (or cluster's) `RetryConfig`. `rng`: the source of the
+    backoff jitter (seeded in tests). `retry_non_idempotent`: the route allows
+    retrying a request that left even if its method is not idempotent.
+    """
+
+    __slots__ = ("config", "rng", "allow_non_idempotent", "_kinds", "_statuses")
+
+    def __init__(self, config: RetryConfig, rng: random.Random, *,
+                 retry_non_idempotent: bool = False) -> None:
+        self.config = config
+        self.rng = rng
+        self.allow_non_idempotent = retry_non_idempotent
+        retry_on = set(config.retry_on)
+        # Precomputed so that judging a try is two set lookups.
+        kinds = {k for k in retry_on if k != RETRIABLE_STATUS_CODES}
+        statuses: set[int] = set()
+        if SERVER_ERROR in retry_on:
+            kinds.add(GATEWAY_ERROR)  # every gateway error is also a 5xx
+            statuses |= _SERVER_STATUSES
+        if GATEWAY_ERROR in retry_on:
+            statuses |= _GATEWAY_STATUSES
+        if RETRIABLE_STATUS_CODES in retry_on:
+            statuses.update(config.retriable_status_codes)
+        # Disabled retries retry nothing, so `retries_status` needs no branch of its own.
+        self._kinds = frozenset(kinds) if config.enabled else frozenset()
+        self._statuses = frozenset(statuses) if config.enabled else frozenset()
+
+    def retries_status(self, status: int) -> bool:
+        """True if an answer with this status may be retried: the proxy holds such an
+        answer back instead of streaming it to the client."""
+        return status in self._statuses
+
+    def plan(self, method: str, budget: RetryBudget | None = None) -> AttemptPlan:
+        """The attempt plan of one request. Make it when the first try fails: the
+        success path then allocates nothing for retries."""
+        return AttemptPlan(self, method, budget)
+
+    def backoff(self, retry_number: int) -> float:
+        """The delay before retry number `retry_number` (1 for the first retry)."""
+        config = self.config
+        return backoff_delay(retry_number, config.backoff_base, config.backoff_max, self.rng)
+
+    def try_timeout(self, remaining: float) -> float:
+        """Time for the next try, given the time the request has left."""
+        return try_timeout(self.config.per_try_timeout, remaining)
+
+
+class AttemptPlan:
+    """What to do after each failed try of one request.
+
+    Theory of operation
+    -------------------
+
+    The proxy makes one try, and on failure asks `decide()` with what happened:
+    a failure kind (`connect_failure`, `reset`, `timeout`, `stale`...) or the
+    status of an answer, whether the request provably never left (`sent`), and
+    what is left of its body. `decide()` is the only transition; it checks, in
+    this order, and the first line that applies gives the decision::
+
+        failure                  condition                            decision
+        -----------------------  -----------------------------------  -----------------------
+        stale                    first stale of this request,         RETRY now, free: not
+                                 idempotent method, body not LOST     counted, no budget,
+                                                                      same endpoint allowed
+        stale (otherwise)        judged as `reset` by the lines below
+        any                      config.enabled is false              NO disabled
+        kind or status           not in retry_on                      NO not_retriable
+        any                      max_retries retries made             NO max_retries
+        any                      replay_refusal(...)                  NO non_idempotent |
+                                                                      NO body_not_replayable
+        any                      backoff delay >= remaining time      NO deadline
+        any                      budget refuses a slot                NO budget_exhausted
+        any                      (otherwise)                          RETRY after the backoff
+
+    A counted retry holds one budget slot until its try ends: the next `decide()`
+    or `finish()` gives it back. Call `finish()` when the request is over,
+    whatever the outcome.
+
+    The stale retry is free because it is a transport detail: the request never
+    reached the application, and the pool always makes the replay on a fresh
+    connection (which cannot be stale). It stays idempotent-only, as RFC 9112
+    9.3.1 asks of automatic retries, because "never reached" is inferred, not
+    known.
+
+    `tried` holds the endpoints of the tries that led to a counted retry, so the
+    balancer can pick another one when it can; it stays the shared empty tuple
+    until the first retry.
+    """
+
+    __slots__ = ("_policy", "_idempotent", "_budget", "_holding", "retries", "stale_retried",
+                 "tried")
+
+    def __init__(self, policy: RetryPolicy, method: str,
+                 budget: RetryBudget | None = None) -> None:
+        self._policy = policy
+        self._idempotent = method in IDEMPOTENT_METHODS
+        self._budget = budget
+        self._holding = False
+        #: Counted retries decided so far.
+        self.retries = 0
+        #: The free retry of a stale pooled connection was used.
+        self.stale_retried = False
+        self.tried: tuple[object, ...] = ()
+
+    @property
+    def attempt(self) -> int:
+        """The number of the next (or current) try: 1 for the first."""
+        return 1 + self.retries + self.stale_retried
+
+    def decide(self, kind: str | None, status: int | None = None, *, sent: bool,
+               body: BodyReplay, endpoint: object = None, active_requests: int = 0,
+               remaining: float | None = None) -> RetryDecision:
+        """Judge the try that just failed; see the class docstring for the order.
+
+        `kind`: a failure kind, or None when an answer with `status` came back.
+        `sent`: false when the request provably never left (connect failure, the
+        pool refused it). `endpoint`: the one tried, recorded in `tried` if a
+        retry follows. `active_requests`: the cluster's requests in flight, for
+        the budget. `remaining`: the request's time left, if it has a deadline.
+        """
+        self._release()  # the try being judged is over, and with it its slot
+        policy = self._policy
+        if kind == STALE:
+            if not self.stale_retried and self._idempotent and body is not BodyReplay.LOST:
+                self.stale_retried = True
+                return _STALE_RETRY
+            kind = RESET
+        if not policy.config.enabled:
+            return _REFUSED[NoRetry.DISABLED]
+        reason: str
+        if kind is not None:
+            if kind not in policy._kinds:
+                return _REFUSED[NoRetry.NOT_RETRIABLE]
+            reason = kind
+        elif status is not None and status in policy._statuses:
+            reason = classify_status(status) or RETRIABLE_STATUS_CODES
+        else:
+            return _REFUSED[NoRetry.NOT_RETRIABLE]
+        if self.retries >= policy.config.max_retries:
+            return _REFUSED[NoRetry.MAX_RETRIES]
+        # A connect failure never left, whatever the caller says.
+        refusal = replay_refusal(idempotent=self._idempotent,
+                                 sent=sent and kind != CONNECT_FAILURE,
+                                 allow_non_idempotent=policy.allow_non_idempotent, body=body)
+        if refusal is not None:
+            return _REFUSED[refusal]
+        delay = policy.backoff(self.retries + 1)
+        if remaining is not None and delay >= remaining:
+            return _REFUSED[NoRetry.DEADLINE]
+        budget = self._budget
+        if budget is not None:
+            if not budget.try_acquire(active_requests):
+                return _REFUSED[NoRetry.BUDGET_EXHAUSTED]
+            self._holding = True
+        self.retries += 1
+        if endpoint is not None:
+            self.tried += (endpoint,)
+        return RetryDecision(True, reason, delay)
+
+    def finish(self) -> None:
+        """The request is over: give back the budget slot of its last retry, if any."""
+        self._release()
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            assert self._budget is not None
+            self._budget.release()

@@ -1,0 +1,74 @@
+"""A request body that may have to be sent more than once.
+
+Whether a try may be repeated is decided in one place, `sidecar.core.retry`
+(`replay_refusal`, from the `BodyReplay` state); this module only keeps the bytes
+that make a repeat possible and reports which state the body is in:
+
+* no body: `NONE`;
+* a small body of known length, read whole before the first try: `BUFFERED`;
+* a streamed body (chunked, or larger than `BUFFER_REQUEST_BODY`): `UNREAD` until a
+  try pulls from it; then every chunk is kept while the total stays within
+  `keep_bytes` (`retry.retry_buffer_bytes`): `KEPT`; past it the kept chunks are
+  dropped and the body is `LOST`: the bytes already sent cannot be sent again,
+  so the first answer stands.
+
+A repeat of a `KEPT` body sends the kept chunks, then goes on reading the client's
+stream where the failed try left it (the try may have failed before the client
+finished sending).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sidecar.core.retry import BodyReplay
+
+__all__ = ["BUFFER_REQUEST_BODY", "RequestBody"]
+
+# Bodies of known length up to this size are read whole before forwarding: one write
+# upstream, and the request stays replayable.
+BUFFER_REQUEST_BODY = 64 * 1024
+
+
+class RequestBody:
+    """The body of one proxied request, for one or more tries.
+
+    source: the client's body as it arrives (None for a whole or absent body).
+    whole: the body when it was read whole (or None).
+    keep_bytes: how much of a streamed body is kept for a repeat.
+    """
+
+    __slots__ = ("_source", "_whole", "_keep", "_kept", "_kept_bytes", "state")
+
+    def __init__(self, *, whole: bytes | None = None,
+                 source: AsyncIterator[bytes] | None = None, keep_bytes: int = 0) -> None:
+        self._whole = whole
+        self._source = source
+        self._keep = keep_bytes
+        self._kept: list[bytes] = []
+        self._kept_bytes = 0
+        self.state = (BodyReplay.UNREAD if source is not None
+                      else BodyReplay.BUFFERED if whole else BodyReplay.NONE)
+
+    def for_try(self) -> bytes | AsyncIterator[bytes] | None:
+        """What the next try sends. For a streamed body, a new iterator over the kept
+        chunks and the rest of the stream."""
+        if self._source is None:
+            return self._whole
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        for chunk in tuple(self._kept):  # a repeat: what earlier tries sent
+            yield chunk
+        source = self._source
+        assert source is not None
+        async for chunk in source:
+            if self.state is not BodyReplay.LOST:
+                self._kept_bytes += len(chunk)
+                if self._kept_bytes <= self._keep:
+                    self._kept.append(chunk)
+                    self.state = BodyReplay.KEPT
+                else:
+                    self._kept.clear()  # past the limit: keeping the rest is pointless
+                    self.state = BodyReplay.LOST
+            yield chunk
