@@ -1,7 +1,15 @@
 # Sidecar gateway image: slim Python, non-root, config from a volume.
 #   docker build -t sidecar .
+# With no arguments it serves /etc/sidecar/sidecar.jsonnet: the image ships
+# configs/docker.jsonnet there (0.0.0.0:8000 -> the app on 127.0.0.1:8080 in the same
+# network namespace), and a volume of your own at /etc/sidecar replaces it:
+#   docker run --network container:myapp sidecar
+#   docker run -p 8000:8000 -v $PWD/my-sidecar:/etc/sidecar:ro sidecar
+# Or give the command yourself:
 #   docker run -p 8000:8000 -v $PWD/configs:/etc/sidecar:ro sidecar \
-#       run --config /etc/sidecar/examples/local-app.jsonnet --ext-str env=prod --listen 0.0.0.0:8000
+#       run --config /etc/sidecar/examples/local-app.jsonnet --ext-str env=prod
+#   docker run -p 8000:8000 --add-host host.docker.internal:host-gateway sidecar \
+#       run --upstream http://host.docker.internal:8080 --listen 0.0.0.0:8000
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
@@ -13,6 +21,8 @@ COPY configs ./configs
 RUN pip install --no-cache-dir '.[uvloop]' \
     && useradd --system --uid 10001 --no-create-home sidecar \
     && mkdir -p /var/lib/sidecar && chown sidecar /var/lib/sidecar
+# The default config; `import 'sidecar.libsonnet'` finds the library in the package.
+COPY configs/docker.jsonnet /etc/sidecar/sidecar.jsonnet
 
 USER 10001
 VOLUME ["/etc/sidecar", "/var/lib/sidecar"]
@@ -22,4 +32,5 @@ EXPOSE 8000 9901 9902
 HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9902/ready', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["sidecar"]
-CMD ["run", "--config", "/etc/sidecar/sidecar.jsonnet", "--listen", "0.0.0.0:8000"]
+# No --listen here: flags override the config, and a mounted config says where to listen.
+CMD ["run", "--config", "/etc/sidecar/sidecar.jsonnet"]

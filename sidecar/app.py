@@ -27,6 +27,7 @@ from aiohttp import web
 from admin.http import make_admin_app
 from sidecar.config.model import SidecarConfig, config_version
 from sidecar.core.addresses import parse_host_port
+from sidecar.dataplane.checker import HealthChecker
 from sidecar.dataplane.proxy import DataPlaneState, Proxy
 from sidecar.events import Event, EventKind
 from sidecar.observe.logs import set_level
@@ -48,6 +49,8 @@ class Sidecar:
         self.metrics = Metrics()
         self.registry = Registry(state_file=config.admin.state_file)
         self.metrics.registry = self.registry
+        #: Active health checks; follows registrations and reloads through the bus.
+        self.checker = HealthChecker(self.registry)
         self.state = "starting"
         self.proxy: Proxy | None = None
         self.ports: dict[str, int] = {}
@@ -95,6 +98,7 @@ class Sidecar:
         self._server = await loop.create_server(self._web_server, listen.host, listen.port,
                                                 reuse_address=True, backlog=1024)
         self.ports["listener"] = bound_port(self._server)
+        await self.checker.start()
         self.state = "serving"
         log.info("sidecar serving", extra={"listener": self.ports["listener"],
                                            "admin_grpc": self.ports["admin_grpc"],
@@ -112,6 +116,7 @@ class Sidecar:
         log.info("draining", extra={"deadline_seconds": timeout})
         for task in self._tasks:
             task.cancel()
+        await self.checker.stop()
         if self._server is not None:
             self._server.close()  # stop accepting; open connections stay
         if self._web_server is not None:
@@ -140,9 +145,15 @@ class Sidecar:
             self.metrics.breaker_transition(cluster, event.breaker.state.name.lower())
 
     def readiness(self) -> tuple[bool, str]:
-        if self.state == "serving":
-            return True, "config loaded, listener serving"
-        return False, self.state
+        if self.state != "serving":
+            return False, self.state
+        # local_app: the application beside the sidecar must have an endpoint that takes
+        # traffic and passes its health checks (without checks: one that takes traffic).
+        for name, members in sorted(self.registry.clusters.items()):
+            if members.settings.local_app and not any(
+                    host.health is None or host.health.usable for host in members.hosts.usable):
+                return False, f"local app cluster {name!r} has no healthy endpoint"
+        return True, "config loaded, listener serving"
 
     def config_json(self) -> str:
         return self.config.model_dump_json(indent=2)

@@ -1,6 +1,9 @@
 """Command line: `sidecar run` and `sidecar config render|validate|schema`.
 
 Flag names, defaults and exit codes are a public interface: keep them stable.
+Exit codes: 0 success, 1 a config was rejected or a port was taken, 2 usage error
+(an unknown argument, a malformed flag value, or flags that cannot be combined;
+reported like argparse does, naming the flag and what it expects).
 """
 
 from __future__ import annotations
@@ -8,13 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 log = logging.getLogger("sidecar")
 
-__all__ = ["build_parser", "main", "parse_key_value", "quick_config", "run_from_args"]
+__all__ = ["build_parser", "check_run_flags", "main", "parse_args", "parse_key_value",
+           "quick_config", "run_from_args"]
+
+MAX_TIMEOUT = 86_400.0  # the config model's bound on a duration
 
 
 def _version() -> str:
@@ -46,22 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the sidecar")
-    run.add_argument("--config", metavar="FILE",
-                     help="configuration (.jsonnet or .json); default: the embedded demo")
+    run = sub.add_parser(
+        "run", help="run the sidecar",
+        description="Run the sidecar on --config FILE, on --upstream URL (quick mode), or, "
+                    "with neither, on the embedded demo. The other flags override the "
+                    "config's values.")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="FILE",
+                        help="configuration (.jsonnet or .json); default: the embedded demo")
+    source.add_argument("--upstream", metavar="URL",
+                        help="quick mode, instead of --config: one cluster 'upstream' with "
+                             "this endpoint (http://host:port), one catch-all route")
     run.add_argument("--listen", metavar="HOST:PORT",
-                     help="data-plane address (default 127.0.0.1:8000)")
-    run.add_argument("--upstream", metavar="URL",
-                     help="quick mode: one cluster 'upstream' with this endpoint, one catch-all "
-                          "route")
-    run.add_argument("--timeout", metavar="SECONDS", type=float,
-                     help="upstream timeout of every cluster (default 15)")
+                     help="data-plane address (default 127.0.0.1:8000; port 0 picks one)")
+    run.add_argument("--timeout", metavar="SECONDS",
+                     help="upstream timeout of every cluster, in seconds (default 15)")
     run.add_argument("--admin-grpc", metavar="HOST:PORT",
                      help="admin gRPC address (default 127.0.0.1:9901)")
     run.add_argument("--admin-http", metavar="HOST:PORT",
                      help="/metrics, /live, /ready address (default 127.0.0.1:9902)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                     help="log level (default info, or the config's)")
+                     help="level of the sidecar's own logs (default info, or the config's); "
+                          "libraries log warnings and errors only, unless "
+                          "$SIDECAR_LIBRARY_LOG_LEVEL says otherwise")
     run.add_argument("--no-watch", action="store_true",
                      help="do not reload the config file when it changes")
     _add_ext(run)
@@ -78,9 +93,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_Commands = argparse._SubParsersAction  # argparse's type of add_subparsers()
+
+
+def _subparser_actions(
+        parser: argparse.ArgumentParser) -> Iterator[_Commands[argparse.ArgumentParser]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield action
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _subparser_actions(child)
+
+
+def parse_args(parser: argparse.ArgumentParser,
+               argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """`parser.parse_args`, except that an unknown argument is named as such.
+
+    argparse checks required arguments (the COMMAND) before it reports unknown ones, so
+    `sidecar --frobnicate` would say "a COMMAND is required". A first pass without those
+    checks finds the unknown arguments; the second is argparse's own.
+    """
+    commands = [action for action in _subparser_actions(parser) if action.required]
+    for action in commands:
+        action.required = False
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    finally:
+        for action in commands:
+            action.required = True
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return parser.parse_args(argv)
+
+
+def _host_port_problem(flag: str, value: str, example: str) -> str | None:
+    from sidecar.core.addresses import parse_host_port
+
+    try:
+        parse_host_port(value, allow_zero_port=True)
+    except ValueError as exc:
+        expected = f"expected HOST:PORT, e.g. {example}"
+        reason = str(exc)
+        return (f"{flag} {value}: {expected}" if reason.startswith("expected ")
+                else f"{flag} {value}: {reason}; {expected}")
+    return None
+
+
+def _upstream_problem(value: str) -> str | None:
+    from sidecar.core.addresses import parse_upstream_url
+
+    try:
+        parse_upstream_url(value)
+    except ValueError as exc:
+        if "://" not in value:  # "127.0.0.1:8085", "localhost:8085", "app"
+            return f"--upstream {value}: expected a URL like http://{value or '127.0.0.1:8080'}"
+        return f"--upstream {value}: {exc}"
+    return None
+
+
+def _timeout_problem(value: str) -> str | None:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # also refuses nan
+        return (f"--timeout {value}: expected a positive number of seconds "
+                f"(at most {MAX_TIMEOUT:g}), e.g. 5 or 0.25")
+    return None
+
+
+def check_run_flags(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags of `sidecar run`, in their own terms; None if nothing.
+
+    Checked before any config is loaded, so that a bad flag is reported against the
+    flag, not against the config path it would have overridden.
+    """
+    if args.config and args.upstream:  # argparse refuses this too; run_from_args may not
+        return ("--upstream cannot be combined with --config: --upstream is quick mode, "
+                "instead of a config file")
+    problems = [_upstream_problem(args.upstream) if args.upstream is not None else None]
+    problems += [_host_port_problem(flag, value, example)
+                 for flag, value, example in (("--listen", args.listen, "127.0.0.1:8000"),
+                                              ("--admin-grpc", args.admin_grpc, "127.0.0.1:9901"),
+                                              ("--admin-http", args.admin_http, "127.0.0.1:9902"))
+                 if value is not None]
+    problems.append(_timeout_problem(str(args.timeout)) if args.timeout is not None else None)
+    return next((problem for problem in problems if problem), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
     if args.command == "run":
+        problem = check_run_flags(args)
+        if problem:  # like argparse: the run usage, the problem, exit 2
+            next(_subparser_actions(parser)).choices["run"].error(problem)
         return run_from_args(args)
     from sidecar.config import commands as configcli
 
@@ -103,10 +210,11 @@ def _overrides(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str,
         if args.log_level:
             data.setdefault("logging", {})["level"] = args.log_level
         if args.timeout is not None:
-            data.setdefault("cluster_defaults", {})["timeout"] = args.timeout
+            timeout = float(args.timeout)
+            data.setdefault("cluster_defaults", {})["timeout"] = timeout
             for cluster in data.get("clusters") or []:
                 if isinstance(cluster, dict):
-                    cluster["timeout"] = args.timeout
+                    cluster["timeout"] = timeout
         return data
 
     return apply
@@ -178,6 +286,14 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """`sidecar run` with parsed arguments; returns the exit code."""
+    problem = check_run_flags(args)
+    if problem:
+        print(f"sidecar run: error: {problem}", file=sys.stderr)
+        return 2
+    # gRPC's C core reads this once, when grpc is imported (sidecar.app imports it):
+    # errors only, unless the operator asks for more.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from sidecar.dataplane.malloc import tune_malloc
 
     tune_malloc()

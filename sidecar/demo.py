@@ -10,7 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["demo_app", "demo_config"]
+__all__ = ["DEMO_MAX_BODY", "demo_app", "demo_config"]
+
+# aiohttp's default client_max_size is 1 MiB: a bigger upload would get aiohttp's 413
+# from the demo, through the sidecar, and look like the sidecar's limit.
+DEMO_MAX_BODY = 64 * 1024 * 1024
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -29,7 +33,7 @@ async def _health(request: web.Request) -> web.Response:
 
 
 def demo_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=DEMO_MAX_BODY)
     app.router.add_get("/healthz", _health)
     app.router.add_route("*", "/{tail:.*}", _echo)
     return app

@@ -292,11 +292,15 @@ class AttemptPlan:
         any                      replay_refusal(...)                  NO non_idempotent |
                                                                       NO body_not_replayable
         any                      backoff delay >= remaining time      NO deadline
-        any                      budget refuses a slot                NO budget_exhausted
+        not connect_failure      budget refuses a slot                NO budget_exhausted
         any                      (otherwise)                          RETRY after the backoff
 
-    A counted retry holds one budget slot until its try ends: the next `decide()`
-    or `finish()` gives it back. Call `finish()` when the request is over,
+    A counted retry holds one budget slot from the decision, through its backoff,
+    until its try ends (like Envoy: a retry waiting its backoff still counts, which
+    is what bounds the tries of a fast-failing outage): the next `decide()` or
+    `finish()` gives it back. A retry of a connect failure takes no slot: that
+    request reached no application, and the budget exists to bound the arrivals an
+    outage multiplies. Call `finish()` when the request is over,
     whatever the outcome.
 
     The stale retry is free because it is a transport detail: the request never
@@ -371,7 +375,9 @@ class AttemptPlan:
         if remaining is not None and delay >= remaining:
             return _REFUSED[NoRetry.DEADLINE]
         budget = self._budget
-        if budget is not None:
+        # A connect failure reached no application: retrying it elsewhere multiplies
+        # nothing at the upstreams (the budget's reason to exist), so it needs no slot.
+        if budget is not None and reason != CONNECT_FAILURE:
             if not budget.try_acquire(active_requests):
                 return _REFUSED[NoRetry.BUDGET_EXHAUSTED]
             self._holding = True

@@ -4,6 +4,12 @@ Fields: `time` (RFC 3339, UTC), `level`, `logger`, `message`, the request id whe
 a log call happens inside a request (`request_id`, from a contextvar), and any
 `extra={...}` the call passed. Nothing is logged per request by default: the
 access log is opt-in (`logging.access_log`).
+
+Levels: the level asked for (`logging.level`, `--log-level`) is that of the sidecar's
+own loggers (`sidecar.*`, `admin.*`). Libraries (grpc, asyncio, aiohttp, watchfiles...)
+log warnings and errors only, since their debug output drowns ours; set
+`SIDECAR_LIBRARY_LOG_LEVEL=debug` to see it. gRPC's C core logs on its own, to stderr,
+as `GRPC_VERBOSITY` says; it is set to ERROR unless the environment sets it.
 """
 
 from __future__ import annotations
@@ -11,11 +17,16 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "access_logger", "request_id_var", "set_level", "setup_logging"]
+__all__ = ["LIBRARY_LEVEL_ENV", "OWN_LOGGERS", "JsonFormatter", "access_logger",
+           "request_id_var", "set_level", "setup_logging"]
+
+OWN_LOGGERS = ("sidecar", "admin")  # take the configured level; everything else: WARNING
+LIBRARY_LEVEL_ENV = "SIDECAR_LIBRARY_LOG_LEVEL"
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None)
@@ -47,6 +58,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Route every logger (ours, aiohttp's, grpc's) through one JSON handler."""
+    # Read by gRPC's C core when grpc is first imported; `sidecar run` sets it earlier.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -58,4 +71,14 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
 
 
 def set_level(level: str) -> None:
-    logging.getLogger().setLevel(level.upper())
+    """`level` for the sidecar's loggers; WARNING (or $SIDECAR_LIBRARY_LOG_LEVEL, or
+    `level` when that is quieter) for every other logger."""
+    own = logging.getLevelName(level.upper())
+    if not isinstance(own, int):
+        raise ValueError(f"unknown log level {level!r}")
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(own)
+    library = logging.getLevelName(os.environ.get(LIBRARY_LEVEL_ENV, "").strip().upper())
+    if not isinstance(library, int):  # unset or not a level name
+        library = max(logging.WARNING, own)
+    logging.getLogger().setLevel(library)

@@ -68,9 +68,7 @@ async def test_refusing_endpoint_never_reaches_the_client(start_upstream, start_
     b, seen_b = await start_upstream(name="b")
     sidecar = await start_sidecar(cluster(url_of(a), url_of(b), refused_url()))
     statuses = await load(client, base_url(sidecar) + "/")
-    # Known gap (issue 7 note): in the first milliseconds, before the breaker opens,
-    # 8 clients can need more concurrent retries than the budget's floor of 3.
-    assert statuses.count(200) >= REQUESTS - 8 and set(statuses) <= {200, 502}
+    assert statuses == [200] * REQUESTS  # connect failures are retried outside the budget
     host = sidecar.registry.endpoint("app", "e2").host
     assert host.breaker.state is not BreakerState.CLOSED or host.breaker.trips >= 1
     # After 5 consecutive connect failures the breaker opens; probes only after that.
@@ -85,7 +83,10 @@ async def test_endpoint_answering_503_is_retried_and_ejected(start_upstream, sta
     bad, _ = await start_upstream(counting_app(503, arrivals))
     sidecar = await start_sidecar(cluster(url_of(a), url_of(b), url_of(bad)))
     statuses = await load(client, base_url(sidecar) + "/")
-    assert statuses.count(200) >= REQUESTS - 8 and set(statuses) <= {200, 503}  # see above
+    # Measured gap: in the milliseconds before the breaker opens, 8 clients can need
+    # more retries in flight (held through their backoff) than the budget's floor of
+    # 3; those few clients get the endpoint's own 503. Typically 1-3 of 400.
+    assert statuses.count(200) >= REQUESTS - 8 and set(statuses) <= {200, 503}
     assert len(arrivals) <= 10  # ejected after 5 gateway errors, then probes only
 
 

@@ -418,10 +418,19 @@ def test_a_plan_holds_one_slot_per_retry_until_its_try_ends() -> None:
     assert b.retries_in_flight == 0
 
 
+def test_a_connect_failure_retry_takes_no_slot() -> None:
+    b = budget(min_concurrent=0)
+    p = plan("GET", b)
+    assert p.decide(CONNECT_FAILURE, sent=False, body=B.NONE).retry
+    assert b.retries_in_flight == 0 and b.refused == 0
+    p.finish()
+    assert b.retries_in_flight == 0
+
+
 def test_finish_after_a_successful_retry_releases() -> None:
     b = budget()
     p = plan("GET", b)
-    assert p.decide(CONNECT_FAILURE, sent=False, body=B.NONE).retry
+    assert p.decide(RESET, sent=True, body=B.NONE).retry
     p.finish()  # the retry answered 200: the proxy never calls decide again
     assert b.retries_in_flight == 0
 
@@ -485,11 +494,19 @@ def test_without_a_budget_an_outage_triples_the_load(failure: tuple[str | None, 
 
 
 def test_outage_with_8_clients_fast_failures_stays_under_1_2x() -> None:
-    # Connections refused: tries fail far faster than the backoff, so the few retries
-    # in flight are mostly waiting, and new requests make nearly all the load.
-    ratio = simulate_outage(clients=8, requests=5000, budget=budget(), failure=REFUSED,
+    # Answers fail far faster than the backoff, so the few retries in flight are
+    # mostly waiting, and new requests make nearly all the load.
+    ratio = simulate_outage(clients=8, requests=5000, budget=budget(), failure=UNAVAILABLE,
                             try_time=0.0005)
     assert ratio < 1.05
+
+
+def test_refused_connections_are_retried_outside_the_budget() -> None:
+    # Tries, not arrivals: a refused connection reaches no application, so its retries
+    # (bounded by max_retries) are free of the budget.
+    ratio = simulate_outage(clients=8, requests=2000, budget=budget(), failure=REFUSED,
+                            try_time=0.0005)
+    assert ratio == 3.0
 
 
 @pytest.mark.parametrize("min_concurrent", [0, 1])
@@ -510,7 +527,7 @@ def test_outage_with_8_clients_slow_failures_default_floor() -> None:
     assert ratio <= 8 / 5
 
 
-@pytest.mark.parametrize("failure", [REFUSED, UNAVAILABLE])
+@pytest.mark.parametrize("failure", [UNAVAILABLE, (RESET, None)])
 def test_outage_with_many_clients_is_bounded_by_the_ratio(
         failure: tuple[str | None, int | None]) -> None:
     # 20% of the active requests retrying at once: at most 1 / (1 - 0.2) = 1.25x.
