@@ -5,8 +5,13 @@ a server:
 
 * domain objects -> messages (`endpoint_to_proto`, `event_to_proto`, ...), with
   float epoch seconds turned into `google.protobuf.Timestamp`;
+* what the sidecar observed of an endpoint (`Observed`: breaker, health, counts),
+  read from its `Host`, with monotonic times turned into wall-clock time;
 * request fields -> registry arguments, rejecting what the registry cannot judge
-  (unknown enum numbers, a missing required field);
+  (unknown enum numbers, a missing required field, a field mask, a duration);
+* route resolution for ResolveRoute: the request as the data plane routes it,
+  which endpoints may take it and why (`candidate`), and the likely pick, decided
+  without taking a breaker's probe slot (`likely_pick`);
 * `STATUS_CODES`, the one table from errors to gRPC status codes;
 * AIP-158 paging: page sizes and opaque page tokens bound to the request's filters.
 """
@@ -18,43 +23,81 @@ import binascii
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.admin.v1 import resources_pb2 as res
-from sidecar.errors import EndpointExists, EndpointNotFound, EndpointNotRemovable, InvalidEndpoint
+from sidecar.core.breaker import BreakerState
+from sidecar.core.clock import Clock
+from sidecar.core.health import HealthStatus
+from sidecar.core.hosts import Host, OperatorStatus
+from sidecar.core.routing import RouteMatch, normalize_path
+from sidecar.errors import (
+    EndpointExists,
+    EndpointNotFound,
+    EndpointNotRemovable,
+    InvalidEndpoint,
+    MethodNotAllowed,
+    NoHealthCheck,
+    NoRoute,
+)
 from sidecar.events import Event, EventKind
-from sidecar.registry import ConfigInfo, EndpointInfo, EndpointStatus
+from sidecar.registry import ClusterMembers, ConfigInfo, EndpointInfo, EndpointStatus
 
 from .watch import Snapshot, WatchItem
 
 __all__ = [
-    "STREAMED_KINDS",
     "DEFAULT_PAGE_SIZE",
     "MAPPED_ERRORS",
     "MAX_PAGE_SIZE",
+    "MAX_REASON",
+    "MAX_TRIP_DURATION",
     "STATUS_CODES",
+    "STREAMED_KINDS",
+    "UPDATE_PATHS",
+    "CheckResultLike",
     "ConfigNotLoaded",
     "InvalidArgument",
+    "NotConfigured",
+    "Observed",
     "Page",
     "Registration",
+    "Resolve",
+    "RouteMethodNotAllowed",
+    "RouteNotFound",
+    "RouteQuery",
+    "Update",
+    "WallTime",
+    "candidate",
+    "check_result_to_proto",
     "config_info_to_proto",
     "decode_page_token",
+    "duration",
     "encode_page_token",
     "endpoint_to_proto",
     "event_to_proto",
+    "likely_pick",
+    "observed",
     "page_size",
     "paginate",
     "registration",
     "require",
+    "resolution_to_proto",
+    "resolve_route",
+    "route_query",
     "snapshot_to_proto",
     "status_filter",
     "status_for",
     "timestamp",
+    "trip_duration",
+    "update_request",
     "watch_response",
 ]
 
@@ -73,6 +116,21 @@ class ConfigNotLoaded(RuntimeError):
     """No configuration is serving yet (the sidecar is still starting)."""
 
 
+class NotConfigured(RuntimeError):
+    """What the call needs is switched off: the cluster's circuit breaker or health
+    checks, or a service this sidecar was not given (health checker, route table)."""
+
+
+class RouteNotFound(LookupError):
+    """ResolveRoute: no route matches (the data plane answers 404)."""
+
+
+class RouteMethodNotAllowed(RuntimeError):
+    """ResolveRoute: routes match host and path, none allows the method (the data plane
+    answers 405). FAILED_PRECONDITION, not NOT_FOUND: the route exists, and only a new
+    configuration would let the call succeed."""
+
+
 # The only place that decides which error becomes which gRPC status. Looked up along
 # the exception's MRO, so a subclass inherits its parent's code.
 STATUS_CODES: Mapping[type[Exception], grpc.StatusCode] = {
@@ -82,6 +140,10 @@ STATUS_CODES: Mapping[type[Exception], grpc.StatusCode] = {
     EndpointNotFound: grpc.StatusCode.NOT_FOUND,
     EndpointNotRemovable: grpc.StatusCode.FAILED_PRECONDITION,
     ConfigNotLoaded: grpc.StatusCode.FAILED_PRECONDITION,
+    NotConfigured: grpc.StatusCode.FAILED_PRECONDITION,
+    NoHealthCheck: grpc.StatusCode.FAILED_PRECONDITION,
+    RouteNotFound: grpc.StatusCode.NOT_FOUND,
+    RouteMethodNotAllowed: grpc.StatusCode.FAILED_PRECONDITION,
 }
 MAPPED_ERRORS: tuple[type[Exception], ...] = tuple(STATUS_CODES)
 
@@ -107,8 +169,107 @@ def timestamp(seconds: float) -> Timestamp:
     return Timestamp(seconds=whole, nanos=nanos)
 
 
-def endpoint_to_proto(info: EndpointInfo) -> res.Endpoint:
-    return res.Endpoint(
+def duration(seconds: float) -> Duration:
+    """Float seconds -> Duration, to the nanosecond."""
+    message = Duration()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+class CheckResultLike(Protocol):
+    """One active health check's result (`sidecar.core.health.CheckResult` is one)."""
+
+    @property
+    def at_wall(self) -> float: ...  # Unix time
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def status(self) -> int | None: ...  # None: no answer
+    @property
+    def latency(self) -> float: ...  # seconds
+    @property
+    def error(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the sidecar observed of one endpoint at one moment; times are Unix time."""
+
+    breaker_state: BreakerState
+    breaker_reason: str
+    breaker_since: float
+    breaker_half_open_time: float | None  # only when OPEN
+    health: HealthStatus | None  # None: the cluster has no active health checks
+    health_reason: str
+    health_results: tuple[CheckResultLike, ...]  # newest first
+    request_count: int
+    failure_count: int
+
+
+class WallTime:
+    """Monotonic readings of `clock` as Unix time: `t + (wall - now)`.
+
+    The offset between the two clocks is measured once, and again only when it has
+    moved by more than `tolerance` seconds (the wall clock was set), so the same
+    moment shows as the same Timestamp from one call to the next.
+    """
+
+    __slots__ = ("_clock", "_offset", "_tolerance")
+
+    def __init__(self, clock: Clock, tolerance: float = 0.5) -> None:
+        self._clock = clock
+        self._tolerance = tolerance
+        self._offset: float | None = None
+
+    def offset(self) -> float:
+        current = self._clock.wall() - self._clock.now()
+        if self._offset is None or abs(current - self._offset) > self._tolerance:
+            self._offset = current
+        return self._offset
+
+    def __call__(self, monotonic: float) -> float:
+        return monotonic + self.offset()
+
+
+def observed(host: Host, wall: WallTime) -> Observed:
+    """Read `host` now. `wall` must be over the clock the host's breaker uses: its
+    times are monotonic.
+
+    Reading the breaker's state moves an OPEN breaker whose time has passed to
+    HALF_OPEN, as any reader does (the data plane reports that move on its next pick).
+    """
+    offset = wall.offset()
+    breaker = host.breaker
+    state = breaker.state
+    health = host.health
+    return Observed(
+        breaker_state=state,
+        breaker_reason=breaker.reason,
+        breaker_since=breaker.since + offset,
+        breaker_half_open_time=(breaker.open_until + offset
+                                if state is BreakerState.OPEN else None),
+        health=health.status if health is not None else None,
+        health_reason=health.reason if health is not None else "",
+        health_results=health.last_results() if health is not None else (),
+        request_count=host.requests,
+        failure_count=host.failures,
+    )
+
+
+def check_result_to_proto(result: CheckResultLike) -> res.HealthCheckResult:
+    return res.HealthCheckResult(
+        time=timestamp(result.at_wall),
+        passed=result.passed,
+        status_code=result.status or 0,
+        latency=duration(max(0.0, result.latency)),
+        error=result.error,
+    )
+
+
+def endpoint_to_proto(info: EndpointInfo, seen: Observed | None = None) -> res.Endpoint:
+    """The endpoint's message; the observed fields only when `seen` is given (events
+    carry none: their own fields say what changed)."""
+    message = res.Endpoint(
         cluster=info.cluster,
         id=info.id,
         url=info.url,
@@ -120,6 +281,20 @@ def endpoint_to_proto(info: EndpointInfo) -> res.Endpoint:
         update_time=timestamp(info.update_time),
         active_requests=max(0, info.active_requests),
     )
+    if seen is not None:
+        message.breaker_state = seen.breaker_state.value  # type: ignore[assignment]
+        message.breaker_reason = seen.breaker_reason
+        message.breaker_since.CopyFrom(timestamp(seen.breaker_since))
+        if seen.breaker_half_open_time is not None:
+            message.breaker_half_open_time.CopyFrom(timestamp(seen.breaker_half_open_time))
+        if seen.health is not None:
+            message.health = seen.health.value  # type: ignore[assignment]
+        message.health_reason = seen.health_reason
+        message.health_check_results.extend(check_result_to_proto(r)
+                                            for r in seen.health_results)
+        message.request_count = max(0, seen.request_count)
+        message.failure_count = max(0, seen.failure_count)
+    return message
 
 
 def config_info_to_proto(info: ConfigInfo) -> res.ConfigInfo:
@@ -156,14 +331,58 @@ def _config_loaded(event: Event) -> dict[str, object]:
     return {"config_loaded": res.ConfigLoaded(config=config_info_to_proto(event.config))}
 
 
+def _breaker_changed(event: Event) -> dict[str, object]:
+    assert event.endpoint is not None and event.breaker is not None
+    moved = event.breaker
+    return {"breaker_changed": res.BreakerChanged(
+        endpoint=endpoint_to_proto(event.endpoint),
+        previous_state=moved.previous.value,  # type: ignore[arg-type]  # equal numbers
+        state=moved.state.value,  # type: ignore[arg-type]
+        reason=event.reason or moved.reason)}
+
+
+def _health_changed(event: Event) -> dict[str, object]:
+    assert event.endpoint is not None and event.health is not None
+    change = event.health
+    return {"health_changed": res.HealthChanged(
+        endpoint=endpoint_to_proto(event.endpoint),
+        previous_status=change.previous.value,  # type: ignore[arg-type]  # equal numbers
+        status=change.status.value,  # type: ignore[arg-type]
+        reason=event.reason or change.reason)}
+
+
+def _panic_changed(event: Event) -> dict[str, object]:
+    return {"panic_changed": res.PanicChanged(cluster=event.cluster, panic=bool(event.panic),
+                                              reason=event.reason)}
+
+
+_FALLBACK_KINDS: Mapping[str, int] = {
+    "cache": res.FALLBACK_KIND_CACHE,
+    "cluster": res.FALLBACK_KIND_CLUSTER,
+    "static": res.FALLBACK_KIND_STATIC,
+}
+
+
+def _fallback_used(event: Event) -> dict[str, object]:
+    return {"fallback_used": res.FallbackUsed(
+        route=event.route, cluster=event.cluster,
+        kind=_FALLBACK_KINDS.get(event.fallback, res.FALLBACK_KIND_UNSPECIFIED),  # type: ignore[arg-type]
+        reason=event.reason)}
+
+
 _EVENT_FIELDS: Mapping[EventKind, Callable[[Event], dict[str, object]]] = {
     EventKind.ENDPOINT_ADDED: _endpoint_added,
     EventKind.ENDPOINT_REMOVED: _endpoint_removed,
     EventKind.ENDPOINT_STATUS_CHANGED: _endpoint_status_changed,
     EventKind.CONFIG_LOADED: _config_loaded,
+    EventKind.BREAKER_CHANGED: _breaker_changed,
+    EventKind.HEALTH_CHANGED: _health_changed,
+    EventKind.PANIC_CHANGED: _panic_changed,
+    EventKind.FALLBACK_USED: _fallback_used,
 }
-#: The event kinds WatchStatus streams; the bus carries more (breaker transitions,
-#: health changes, panic) until the API has messages for them.
+#: The event kinds WatchStatus streams: every kind the API has a message for (all of
+#: them; a test keeps it so). A kind added to the bus before the API has a message
+#: for it is skipped, not sent as a broken event.
 STREAMED_KINDS = frozenset(_EVENT_FIELDS)
 
 
@@ -173,17 +392,26 @@ def event_to_proto(event: Event) -> res.StatusEvent:
                            **change)  # type: ignore[arg-type]
 
 
-def snapshot_to_proto(snapshot: Snapshot) -> res.StatusSnapshot:
-    message = res.StatusSnapshot(endpoints=[endpoint_to_proto(e) for e in snapshot.endpoints],
-                                 sequence=snapshot.sequence)
+ObserveFn = Callable[[EndpointInfo], Observed | None]
+
+
+def snapshot_to_proto(snapshot: Snapshot, observe: ObserveFn | None = None
+                      ) -> res.StatusSnapshot:
+    """`observe` adds what was observed of each endpoint; call this right after the
+    snapshot is taken, before anything can change."""
+    message = res.StatusSnapshot(
+        endpoints=[endpoint_to_proto(e, observe(e) if observe is not None else None)
+                   for e in snapshot.endpoints],
+        sequence=snapshot.sequence)
     if snapshot.config is not None:
         message.config.CopyFrom(config_info_to_proto(snapshot.config))
     return message
 
 
-def watch_response(item: WatchItem) -> api.WatchStatusResponse:
+def watch_response(item: WatchItem, observe: ObserveFn | None = None
+                   ) -> api.WatchStatusResponse:
     if isinstance(item, Snapshot):
-        return api.WatchStatusResponse(snapshot=snapshot_to_proto(item))
+        return api.WatchStatusResponse(snapshot=snapshot_to_proto(item, observe))
     return api.WatchStatusResponse(event=event_to_proto(item))
 
 
@@ -233,6 +461,246 @@ def registration(request: api.RegisterEndpointRequest) -> Registration:
               else _status(endpoint.status, "endpoint.status"))
     return Registration(endpoint.cluster, endpoint.url, endpoint.id, weight, status,
                         dict(endpoint.labels))
+
+
+UPDATE_PATHS = ("weight", "status", "labels")
+#: Longest `reason` a request may give (it goes into events and logs).
+MAX_REASON = 256
+_STATUS_REASONS: Mapping[EndpointStatus, str] = {
+    EndpointStatus.ACTIVE: "enabled by admin",
+    EndpointStatus.DISABLED: "disabled by admin",
+    EndpointStatus.DRAINING: "drain started by admin",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """UpdateEndpoint's arguments; None for what is not to change."""
+
+    cluster: str
+    endpoint_id: str
+    weight: int | None
+    labels: dict[str, str] | None
+    status: EndpointStatus | None
+    reason: str
+
+
+def _update_paths(request: api.UpdateEndpointRequest) -> set[str]:
+    paths = list(request.update_mask.paths) if request.HasField("update_mask") else []
+    if not paths:  # AIP-134: no mask means every field that is set
+        fields = {name for name, is_set in (("weight", request.HasField("weight")),
+                                            ("status", request.status != 0),
+                                            ("labels", bool(request.labels))) if is_set}
+        if not fields:
+            raise InvalidArgument("nothing to update: name weight, status or labels in "
+                                  "update_mask, or set one of them")
+        return fields
+    fields = set()
+    for path in paths:
+        if path == "*":
+            fields.update(UPDATE_PATHS)
+        elif path in UPDATE_PATHS:
+            fields.add(path)
+        else:
+            raise InvalidArgument(f"update_mask: unknown path {path!r}; use weight, status, "
+                                  "labels or *")
+    return fields
+
+
+def update_request(request: api.UpdateEndpointRequest) -> Update:
+    """Read an UpdateEndpointRequest: which fields change, and to what.
+
+    The status is judged here (the registry's `set_status` comes after the weight and
+    labels change, and must not fail then); the registry judges weight and labels,
+    before it changes anything.
+    """
+    cluster = require("cluster", request.cluster)
+    endpoint_id = require("id", request.id)
+    fields = _update_paths(request)
+    status = None
+    if "status" in fields:
+        status = (EndpointStatus.ACTIVE if request.status == 0
+                  else _status(request.status, "status"))
+        if status is EndpointStatus.UNHEALTHY:
+            raise InvalidArgument("status: UNHEALTHY is what the sidecar observes; set "
+                                  "ACTIVE, DISABLED or DRAINING")
+    reason = request.reason
+    if len(reason) > MAX_REASON:
+        raise InvalidArgument(f"reason is longer than {MAX_REASON} characters")
+    return Update(
+        cluster, endpoint_id,
+        weight=(request.weight if request.HasField("weight") else 1)
+        if "weight" in fields else None,
+        labels=dict(request.labels) if "labels" in fields else None,
+        status=status,
+        reason=reason or (_STATUS_REASONS[status] if status is not None else ""))
+
+
+#: Longest TripBreaker duration: as long as any duration in the configuration. To
+#: keep an endpoint out for longer, disable it.
+MAX_TRIP_DURATION = 86_400.0
+
+
+def trip_duration(request: api.TripBreakerRequest) -> float | None:
+    """TripBreaker's duration in seconds; None when not given (the cluster's open time)."""
+    if not request.HasField("duration"):
+        return None
+    given = request.duration
+    seconds, nanos = given.seconds, given.nanos
+    if not -999_999_999 <= nanos <= 999_999_999 or seconds * nanos < 0:
+        raise InvalidArgument("duration is malformed: nanos must be within +-999999999 and "
+                              "have the sign of seconds")
+    value: float = seconds + nanos / 1e9
+    if not value > 0:
+        raise InvalidArgument(f"duration must be positive, got {value:g}s")
+    if value > MAX_TRIP_DURATION:
+        raise InvalidArgument(f"duration must be at most {MAX_TRIP_DURATION:g}s (24h), got "
+                              f"{value:g}s; to keep an endpoint out longer, disable it")
+    return value
+
+
+# ---------------------------------------------------------------- route resolution
+
+#: The routing the data plane would do: (method, host, path) -> match; raises NoRoute
+#: or MethodNotAllowed. `host` and `path` are as `route_query` normalized them.
+Resolve = Callable[[str, str, str], RouteMatch]
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")  # an RFC 9110 token
+_HOST = re.compile(r"[A-Za-z0-9._~\-]*|\[[0-9A-Fa-f:.]+\]")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteQuery:
+    """A ResolveRoute request as the data plane would route it."""
+
+    method: str
+    host: str  # lower case, without a port
+    path: str  # dot-segments removed
+
+
+def _route_host(value: str) -> str:
+    """A Host header as the data plane routes on it: lower case, without a port."""
+    bad = InvalidArgument(f"host {value!r} is not a Host header (name[:port])")
+    if value.startswith("["):  # an IPv6 literal, "[::1]" or "[::1]:80"
+        end = value.find("]") + 1
+        if not end:
+            raise bad
+        name, port = value[:end], value[end:]
+    else:
+        name, colon, port = value.partition(":")
+        port = colon + port
+    if port and not (port.startswith(":") and _PORT.fullmatch(port[1:])):
+        raise InvalidArgument(f"host {value!r}: the port must be a number")
+    if (port and not name) or not _HOST.fullmatch(name):
+        raise bad
+    return name.lower()
+
+
+def route_query(request: api.ResolveRouteRequest) -> RouteQuery:
+    method = request.method or "GET"
+    if not _METHOD.fullmatch(method):
+        raise InvalidArgument(f"method {method!r} is not an HTTP method")
+    path = require("path", request.path)
+    if not path.startswith("/"):
+        raise InvalidArgument(f"path must start with '/', got {path!r}")
+    if any(c <= " " or c == "\x7f" for c in path):
+        raise InvalidArgument("path must not contain spaces or control characters")
+    if "/." in path:
+        path = normalize_path(path)
+    return RouteQuery(method, _route_host(request.host), path)
+
+
+def resolve_route(resolve: Resolve, query: RouteQuery) -> RouteMatch:
+    """Route `query` with `resolve`; the data plane's 404 and 405 become errors that
+    say what matched."""
+    where = f"{query.method} {query.path} (host {query.host or '(none)'})"
+    if query.method == "CONNECT":
+        raise RouteMethodNotAllowed("CONNECT is never proxied (the data plane answers 405)")
+    try:
+        return resolve(query.method, query.host, query.path)
+    except NoRoute as exc:  # UnknownCluster too: /orchestrator/{no such cluster}/
+        raise RouteNotFound(f"no route matches {where}: the data plane answers 404 "
+                            f"{exc.code}") from None
+    except MethodNotAllowed as exc:
+        raise RouteMethodNotAllowed(
+            f"routes match {where} but none allows {query.method}; allowed: "
+            f"{', '.join(exc.allowed)} (the data plane answers 405)") from None
+
+
+def candidate(host: Host, panic: bool) -> tuple[bool, str]:
+    """Whether the balancer may pick `host` for a new request now, and why (not).
+
+    The rules of `HostSet.rebuild`, read without changing anything: an OPEN breaker
+    whose time has passed counts as HALF_OPEN, as it will at the next pick.
+    """
+    if host.operator is OperatorStatus.DISABLED:
+        return False, "disabled by operator"
+    if host.operator is OperatorStatus.DRAINING:
+        return False, "draining: takes no new requests"
+    breaker = host.breaker
+    state = breaker.state
+    if state is BreakerState.OPEN:
+        return False, (f"breaker open: {breaker.reason}; half-opens in "
+                       f"{breaker.retry_after():.1f}s")
+    notes = []
+    if state is BreakerState.HALF_OPEN:
+        notes.append("breaker half-open: a few live requests probe it")
+    health = host.health
+    if health is not None and not health.usable:
+        text = f"health {health.status.name.lower()}: {health.reason or 'no passing check yet'}"
+        if not panic:
+            return False, text
+        notes.append(f"{text}; ignored, the cluster is in panic mode")
+    return True, "; ".join(notes)
+
+
+def likely_pick(policy: str, usable: Sequence[Host]) -> tuple[Host | None, str]:
+    """The endpoint a request would most likely go to, and how it was chosen. The
+    balancer is not asked (a pick moves round robin on and takes a probe slot)."""
+    count = len(usable)
+    if count == 0:
+        return None, ("no usable endpoint: the data plane answers 503 no_healthy_endpoint, "
+                      "or the route's fallback answers")
+    if count == 1:
+        return usable[0], f"the only usable endpoint ({policy})"
+    if policy == "least_request":
+        best = min(usable, key=lambda h: h.active_requests / h.weight)
+        return best, (f"least_request: the fewest requests in flight per weight of the "
+                      f"{count} usable endpoints (the balancer compares two at random)")
+    best = max(usable, key=lambda h: h.weight)
+    spread = "rotates over" if policy == "round_robin" else "picks at random among"
+    return best, (f"{policy} {spread} the {count} usable endpoints by weight; named: the "
+                  "heaviest, the first by id among equals")
+
+
+def resolution_to_proto(match: RouteMatch, members: ClusterMembers | None,
+                        wall: WallTime) -> api.ResolveRouteResponse:
+    """ResolveRoute's answer: the match, and the cluster's endpoints as the balancer
+    sees them now (`members` is None when the registry has no such cluster)."""
+    route = match.route
+    response = api.ResolveRouteResponse(route=route.name, cluster=match.cluster,
+                                        prefix=route.prefix, upstream_path=match.target)
+    if members is None:
+        response.pick_reason = (f"cluster {match.cluster!r} has no endpoints: the data plane "
+                                "answers 404 no_route")
+        return response
+    hosts = members.hosts
+    response.panic = hosts.panic
+    usable: list[Host] = []
+    messages: dict[str, res.Endpoint] = {}
+    for endpoint_id in sorted(members.endpoints):
+        endpoint = members.endpoints[endpoint_id]
+        ok, why = candidate(endpoint.host, hosts.panic)
+        message = endpoint_to_proto(endpoint.info(), observed(endpoint.host, wall))
+        response.candidates.add(endpoint=message, usable=ok, reason=why)
+        messages[endpoint_id] = message
+        if ok:
+            usable.append(endpoint.host)
+    chosen, response.pick_reason = likely_pick(members.settings.lb_policy, usable)
+    if chosen is not None:
+        response.endpoint.CopyFrom(messages[chosen.id])
+    return response
 
 
 # ---------------------------------------------------------------- paging (AIP-158)

@@ -5,7 +5,7 @@ Talks to `sidecar.admin.v1.AdminService` through the betterproto2 typed sync stu
 
 Command names, options, output and exit codes are a public interface:
 
-* 0 success (and Ctrl-C during `watch`);
+* 0 success (and Ctrl-C, i.e. SIGINT, during `watch`);
 * 1 the sidecar answered with an error, printed as one line on stderr:
   `sidecarctl: NOT_FOUND: no endpoint 'x' in cluster 'y'`;
 * 2 usage error;
@@ -15,6 +15,12 @@ Command names, options, output and exit codes are a public interface:
 `--timeout` is the deadline of each unary call, and for `watch` the time allowed
 to connect (the stream itself has none: it runs until --count, Ctrl-C, or the
 sidecar ending it).
+
+`watch` stops on SIGINT by cancelling its call from a handler of its own, rather than
+by a KeyboardInterrupt raised wherever the main thread happens to be. Like CPython
+itself, it leaves SIGINT alone when the process started with it ignored (a background
+job of a non-interactive shell): such a job is not meant to stop on the terminal's
+Ctrl-C.
 
 `-o text` (default) prints aligned tables for people; `-o json` prints proto JSON
 (betterproto2's `to_dict`) for scripts: one document, or one line per message for
@@ -30,6 +36,7 @@ import datetime
 import difflib
 import json
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -39,25 +46,33 @@ from typing import IO, Any
 import grpc
 from pydantic.warnings import PydanticDeprecatedSince212
 
-from sidecar.cli import parse_key_value
+from sidecar.cli import parse_args, parse_key_value
 
 # betterproto2 0.10's generated oneof validators use a signature pydantic 2.12+
 # deprecates (they still work); the warning is about generated code, not ours.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", PydanticDeprecatedSince212)
+    from .client.google.protobuf import FieldMask
     from .client.sidecar.admin.v1 import (
         AdminServiceStub,
+        CheckEndpointHealthRequest,
         ConfigInfo,
         DeregisterEndpointRequest,
         Endpoint,
         EndpointStatus,
         GetConfigRequest,
         GetEndpointRequest,
+        HealthCheckResult,
+        HealthStatus,
         ListEndpointsRequest,
         ListEndpointsResponse,
         RegisterEndpointRequest,
+        ResetBreakerRequest,
+        ResolveRouteRequest,
         StatusEvent,
         StatusSnapshot,
+        TripBreakerRequest,
+        UpdateEndpointRequest,
         WatchStatusRequest,
         WatchStatusResponse,
     )
@@ -71,6 +86,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # Ctrl-C outside `watch`, as shells report SIGINT
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _STATUSES = ("active", "unhealthy", "disabled", "draining")
+_SETTABLE_STATUSES = ("active", "disabled", "draining")
 
 
 # ---------------------------------------------------------------- arguments
@@ -97,11 +113,20 @@ def _count(value: str) -> int:
     return number
 
 
-def _label(value: str) -> tuple[str, str]:
-    key, sep, val = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
-    return key, val
+def _duration(value: str) -> float:
+    """--duration: seconds, or a number with a unit ("500ms", "30s", "2m", "1h")."""
+    from sidecar.config.types import parse_duration
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = float(parse_duration(value))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--id", default="", help="endpoint id (default host:port)")
     reg.add_argument("--weight", type=_uint32, metavar="N",
                      help="load-balancing weight 1-1000 (default 1)")
-    reg.add_argument("--label", type=_label, action="append", default=[], metavar="K=V",
+    reg.add_argument("--label", type=parse_key_value, action="append", default=[], metavar="K=V",
                      help="label; repeatable")
     reg.add_argument("--disabled", action="store_true",
                      help="register as DISABLED (no traffic until enabled)")
@@ -178,6 +203,58 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra Jsonnet library directory; repeatable")
     cdiff.add_argument("--exit-code", action="store_true",
                        help="exit 1 when there are differences (like git diff --exit-code)")
+
+    upd = ep_sub.add_parser("update", parents=[common],
+                            help="change an endpoint's weight, status or labels")
+    upd.add_argument("cluster")
+    upd.add_argument("id")
+    upd.add_argument("--weight", type=_uint32, metavar="N", help="load-balancing weight 1-1000")
+    upd.add_argument("--status", choices=_SETTABLE_STATUSES,
+                     help="active (takes traffic), disabled, or draining")
+    labels = upd.add_mutually_exclusive_group()
+    labels.add_argument("--label", type=parse_key_value, action="append", default=[],
+                        metavar="K=V", help="label; repeatable; the given labels replace "
+                                            "every label the endpoint has")
+    labels.add_argument("--clear-labels", action="store_true", help="remove every label")
+    upd.add_argument("--reason", default="",
+                     help="why, recorded in the status change event (default "
+                          "\"disabled by admin\" and the like)")
+    upd.set_defaults(usage=upd.format_usage())
+
+    breakers = sub.add_parser("breakers", help="list, trip and reset circuit breakers")
+    br_sub = breakers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bls = br_sub.add_parser("list", parents=[common], help="the breaker of every endpoint")
+    bls.add_argument("--cluster", default="", help="only this cluster")
+    trip = br_sub.add_parser("trip", parents=[common],
+                             help="open an endpoint's breaker now: no new requests until "
+                                  "it half-opens")
+    trip.add_argument("cluster")
+    trip.add_argument("id")
+    trip.add_argument("--duration", type=_duration, metavar="D",
+                      help="how long it stays open, e.g. 30s, 500ms, 2m (default: the "
+                           "cluster's open time)")
+    breset = br_sub.add_parser("reset", parents=[common],
+                               help="close an endpoint's breaker now, forgetting its failures")
+    breset.add_argument("cluster")
+    breset.add_argument("id")
+
+    health = sub.add_parser("health", help="active health checks")
+    health_sub = health.add_subparsers(dest="action", required=True, metavar="ACTION")
+    hcheck = health_sub.add_parser("check", parents=[common],
+                                   help="run a health check of an endpoint now")
+    hcheck.add_argument("cluster")
+    hcheck.add_argument("id")
+
+    route = sub.add_parser("route", help="routing")
+    route_sub = route.add_subparsers(dest="action", required=True, metavar="ACTION")
+    resolve = route_sub.add_parser("resolve", parents=[common],
+                                   help="where a request would go, and which endpoints may "
+                                        "take it (sends nothing)")
+    resolve.add_argument("--method", type=str.upper, default="GET",
+                         help="HTTP method (default GET)")
+    resolve.add_argument("--host", default="",
+                         help="Host header (default none: only routes without a host match)")
+    resolve.add_argument("path", metavar="PATH", help="request path, e.g. /users/42?x=1")
     return parser
 
 
@@ -258,7 +335,55 @@ def _event_text(e: StatusEvent) -> str:
         c = e.config_loaded.config
         return (f"{head} config version={c.version[:12]} source={c.source} "
                 f"clusters={c.cluster_count} routes={c.route_count}")
+    if e.breaker_changed is not None and e.breaker_changed.endpoint is not None:
+        moved, tripped = e.breaker_changed, e.breaker_changed.endpoint
+        where = f"{tripped.cluster}/{tripped.id}"
+        return (f"{head} breaker {where} {moved.previous_state.name} -> {moved.state.name} "
+                f"({moved.reason})")
+    if e.health_changed is not None and e.health_changed.endpoint is not None:
+        health, checked = e.health_changed, e.health_changed.endpoint
+        where = f"{checked.cluster}/{checked.id}"
+        return (f"{head} health {where} {health.previous_status.name} -> "
+                f"{health.status.name} ({health.reason})")
+    if e.panic_changed is not None:
+        panic = e.panic_changed
+        return (f"{head} panic {panic.cluster} {'entered' if panic.panic else 'left'} "
+                f"({panic.reason})")
+    if e.fallback_used is not None:
+        used = e.fallback_used
+        return (f"{head} fallback route={used.route} cluster={used.cluster} "
+                f"{used.kind.name} ({used.reason})")
     return f"{head} unknown change"  # a kind newer than this client
+
+
+def _health_name(value: HealthStatus) -> str:
+    return "-" if value == HealthStatus.UNSPECIFIED else value.name
+
+
+def _seconds(value: datetime.timedelta | None) -> str:
+    seconds = value.total_seconds() if value is not None else 0.0
+    return f"{seconds * 1000:.1f}ms" if seconds < 1 else f"{seconds:.3g}s"
+
+
+def _check_text(where: str, r: HealthCheckResult | None) -> str:
+    if r is None:
+        return f"check {where}: no result"
+    outcome = "passed" if r.passed else "failed"
+    answer = f"status {r.status_code}" if r.status_code else (r.error or "no answer")
+    return f"check {where}: {outcome}, {answer}, {_seconds(r.latency)}"
+
+
+_BREAKER_COLUMNS = ("CLUSTER", "ID", "STATE", "SINCE", "HALF-OPENS", "REQUESTS", "FAILURES",
+                    "REASON")
+
+
+def _breaker_row(e: Endpoint) -> list[str]:
+    return [e.cluster, e.id, e.breaker_state.name or "?", _time(e.breaker_since),
+            _time(e.breaker_half_open_time), str(e.request_count), str(e.failure_count),
+            e.breaker_reason or "-"]
+
+
+_CANDIDATE_COLUMNS = ("ID", "URL", "WEIGHT", "USABLE", "BREAKER", "HEALTH", "ACTIVE", "REASON")
 
 
 # ---------------------------------------------------------------- commands
@@ -347,26 +472,40 @@ class _Ctl:
 
     def watch(self) -> int:
         """Until --count events, Ctrl-C (exit 0) or the sidecar ending the stream (exit 0)."""
+        interrupt = _CancelOnSigint()
         try:
-            # The stream has no deadline; --timeout bounds only reaching the sidecar.
-            _connect(self.channel, self.args.timeout)
-            stream = self.stub.watch_status(WatchStatusRequest(cluster=self.args.cluster))
-            try:
-                events = 0
-                for message in stream:
-                    self._watch_message(message)
-                    if message.event is not None:
-                        events += 1
-                        if self.args.count is not None and events >= self.args.count:
-                            break
-            finally:
-                # Closing the generator drops the call; closing the channel cancels it.
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-        except KeyboardInterrupt:
+            with interrupt:
+                # The stream has no deadline; --timeout bounds only reaching the sidecar.
+                _connect(self.channel, self.args.timeout)
+                # The channel's own multi-callable, not the generated stub's generator:
+                # the SIGINT handler needs the call, to cancel it.
+                call = self.channel.unary_stream(
+                    _WATCH_STATUS, request_serializer=WatchStatusRequest.SerializeToString,
+                    response_deserializer=WatchStatusResponse.FromString,
+                )(WatchStatusRequest(cluster=self.args.cluster))
+                interrupt.call = call
+                try:
+                    self._watch_stream(call, interrupt)
+                finally:
+                    call.cancel()  # --count reached, or an error: end the call now
+        except grpc.RpcError as exc:
+            if not (interrupt.interrupted and exc.code() is grpc.StatusCode.CANCELLED):
+                raise
+        except KeyboardInterrupt:  # Ctrl-C before the call started
             pass
         return EXIT_OK
+
+    def _watch_stream(self, stream: Iterable[WatchStatusResponse],
+                      interrupt: _CancelOnSigint) -> None:
+        events = 0
+        for message in stream:
+            if interrupt.interrupted:
+                return
+            self._watch_message(message)
+            if message.event is not None:
+                events += 1
+                if self.args.count is not None and events >= self.args.count:
+                    return
 
     def _watch_message(self, message: WatchStatusResponse) -> None:
         if self.json:
@@ -423,6 +562,143 @@ class _Ctl:
         return EXIT_ERROR if diff and args.exit_code else EXIT_OK
 
 
+    # ---- endpoints update, breakers, health, route
+
+    def endpoints_update(self) -> int:
+        args = self.args
+        paths = [name for name, given in (("weight", args.weight is not None),
+                                          ("status", args.status is not None),
+                                          ("labels", bool(args.label) or args.clear_labels))
+                 if given]
+        if not paths:
+            self.err.write(f"{args.usage}sidecarctl endpoints update: error: nothing to "
+                           "update: give --weight, --status, --label or --clear-labels\n")
+            return EXIT_USAGE
+        request = UpdateEndpointRequest(
+            cluster=args.cluster, id=args.id, weight=args.weight,
+            status=EndpointStatus[args.status.upper()] if args.status
+            else EndpointStatus.UNSPECIFIED,
+            labels=dict(args.label), update_mask=FieldMask(paths=paths), reason=args.reason)
+        response = self.stub.update_endpoint(request)
+        self.endpoint(response.endpoint, lambda e: [
+            f"updated {e.cluster}/{e.id} weight={e.weight} {e.status.name} "
+            f"labels={_labels(e.labels)}"])
+        return EXIT_OK
+
+    def breakers_list(self) -> int:
+        request = ListEndpointsRequest(cluster=self.args.cluster, page_size=1000)
+        response = self.stub.list_endpoints(request)
+        endpoints = list(response.endpoints)
+        while response.next_page_token:
+            request.page_token = response.next_page_token
+            response = self.stub.list_endpoints(request)
+            endpoints += response.endpoints
+        if self.json:
+            self.emit_json(ListEndpointsResponse(endpoints=endpoints, total_size=len(endpoints))
+                           .to_dict(include_default_values=True))
+        elif endpoints:
+            self.emit(_table(_BREAKER_COLUMNS, map(_breaker_row, endpoints)))
+        else:
+            self.err.write("no endpoints\n")
+        return EXIT_OK
+
+    def breakers_trip(self) -> int:
+        duration = (datetime.timedelta(seconds=self.args.duration)
+                    if self.args.duration is not None else None)
+        response = self.stub.trip_breaker(TripBreakerRequest(
+            cluster=self.args.cluster, id=self.args.id, duration=duration))
+        self.endpoint(response.endpoint, lambda e: [
+            f"tripped {e.cluster}/{e.id}: breaker {e.breaker_state.name} until "
+            f"{_time(e.breaker_half_open_time)}, status {e.status.name}"])
+        return EXIT_OK
+
+    def breakers_reset(self) -> int:
+        response = self.stub.reset_breaker(ResetBreakerRequest(cluster=self.args.cluster,
+                                                               id=self.args.id))
+        self.endpoint(response.endpoint, lambda e: [
+            f"reset {e.cluster}/{e.id}: breaker {e.breaker_state.name}, status {e.status.name}"])
+        return EXIT_OK
+
+    def health_check(self) -> int:
+        response = self.stub.check_endpoint_health(CheckEndpointHealthRequest(
+            cluster=self.args.cluster, id=self.args.id))
+        if self.json:
+            self.emit_json(response.to_dict(include_default_values=True))
+            return EXIT_OK
+        e = response.endpoint or Endpoint()
+        lines = [_check_text(f"{self.args.cluster}/{self.args.id}", response.result)]
+        health = _health_name(e.health)
+        lines.append(f"health: {health} ({e.health_reason})" if e.health_reason
+                     else f"health: {health}")
+        lines.append(f"status: {e.status.name}")
+        self.emit(lines)
+        return EXIT_OK
+
+    def route_resolve(self) -> int:
+        response = self.stub.resolve_route(ResolveRouteRequest(
+            method=self.args.method, host=self.args.host, path=self.args.path))
+        if self.json:
+            self.emit_json(response.to_dict(include_default_values=True))
+            return EXIT_OK
+        picked = response.endpoint
+        lines = _fields([
+            ("route", response.route), ("cluster", response.cluster),
+            ("prefix", response.prefix), ("upstream path", response.upstream_path),
+            ("endpoint", f"{picked.id} {picked.url}" if picked is not None else "none"),
+            ("why", response.pick_reason), ("panic", "yes" if response.panic else "no")])
+        if response.candidates:
+            lines.append("")
+            lines += _table(_CANDIDATE_COLUMNS, (
+                [c.endpoint.id, c.endpoint.url, str(c.endpoint.weight or 0),
+                 "yes" if c.usable else "no", c.endpoint.breaker_state.name or "?",
+                 _health_name(c.endpoint.health), str(c.endpoint.active_requests),
+                 c.reason or "-"]
+                for c in response.candidates if c.endpoint is not None))
+        self.emit(lines)
+        return EXIT_OK
+
+
+_WATCH_STATUS = "/sidecar.admin.v1.AdminService/WatchStatus"
+
+
+class _CancelOnSigint:
+    """While entered: SIGINT cancels `call` (or, before there is one, raises
+    KeyboardInterrupt) and sets `interrupted`.
+
+    Cancelling wakes the main thread from the stream, which then ends with CANCELLED.
+    No-op outside the main thread (only it receives signals) and when SIGINT is
+    ignored (see the module docstring).
+    """
+
+    def __init__(self) -> None:
+        self.call: grpc.Future | None = None
+        self.interrupted = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.interrupted = True
+        if self.call is None:
+            raise KeyboardInterrupt
+        self.call.cancel()
+
+    def __enter__(self) -> _CancelOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            # None: a handler not set from Python; the default is the closest.
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None
+                          else signal.default_int_handler)
+            self._installed = False
+
+
 class _Unreachable(Exception):
     pass
 
@@ -457,6 +733,12 @@ _COMMANDS: dict[tuple[str, str | None], Callable[[_Ctl], int]] = {
     ("watch", None): _Ctl.watch,
     ("config", "get"): _Ctl.config_get,
     ("config", "diff"): _Ctl.config_diff,
+    ("endpoints", "update"): _Ctl.endpoints_update,
+    ("breakers", "list"): _Ctl.breakers_list,
+    ("breakers", "trip"): _Ctl.breakers_trip,
+    ("breakers", "reset"): _Ctl.breakers_reset,
+    ("health", "check"): _Ctl.health_check,
+    ("route", "resolve"): _Ctl.route_resolve,
 }
 
 
@@ -491,7 +773,7 @@ def run(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> int:
     """sidecarctl with explicit streams; returns the exit code."""
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            args = build_parser().parse_args(argv)
+            args = parse_args(build_parser(), argv)
     except SystemExit as exc:  # argparse: usage error (2) or --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     command = _COMMANDS[(args.command, getattr(args, "action", None))]

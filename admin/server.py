@@ -20,10 +20,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sidecar.admin.v1 import admin_service_pb2_grpc as api_grpc
+from sidecar.core.clock import Clock
 from sidecar.events import Event, EventKind
 from sidecar.registry import Registry
 
-from .service import SERVICE_NAME, AdminService
+from .convert import Resolve
+from .service import SERVICE_NAME, AdminService, CheckHealth
 from .watch import DEFAULT_MAX_QUEUE, WatchHub
 
 __all__ = ["SERVICE_NAMES", "AdminServer"]
@@ -46,17 +48,22 @@ class AdminServer:
         server_credentials: TLS/mTLS credentials; None serves plaintext.
         max_watch_queue: events buffered per slow WatchStatus client before it
             gets a fresh snapshot instead.
+        check_health, resolve, clock: see `AdminService` (CheckEndpointHealth,
+            ResolveRoute, and the clock that turns breaker times into wall time).
     """
 
     def __init__(self, registry: Registry, config_json: Callable[[], str], *,
                  interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
                  server_credentials: grpc.ServerCredentials | None = None,
-                 max_watch_queue: int = DEFAULT_MAX_QUEUE) -> None:
+                 max_watch_queue: int = DEFAULT_MAX_QUEUE,
+                 check_health: CheckHealth | None = None, resolve: Resolve | None = None,
+                 clock: Clock | None = None) -> None:
         self._registry = registry
         self._interceptors = tuple(interceptors or ())
         self._credentials = server_credentials
         self.watch_hub = WatchHub(registry, max_queue=max_watch_queue)
-        self.service = AdminService(registry, config_json, watch_hub=self.watch_hub)
+        self.service = AdminService(registry, config_json, watch_hub=self.watch_hub,
+                                    check_health=check_health, resolve=resolve, clock=clock)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._port: int | None = None

@@ -27,6 +27,7 @@ from aiohttp import web
 from admin.http import make_admin_app
 from sidecar.config.model import SidecarConfig, config_version
 from sidecar.core.addresses import parse_host_port
+from sidecar.core.routing import RouteMatch
 from sidecar.dataplane.checker import HealthChecker
 from sidecar.dataplane.proxy import DataPlaneState, Proxy
 from sidecar.events import Event, EventKind
@@ -90,7 +91,9 @@ class Sidecar:
 
         from admin.server import AdminServer
 
-        self._admin_grpc = AdminServer(self.registry, self.config_json)
+        self._admin_grpc = AdminServer(
+            self.registry, self.config_json, check_health=self.checker.check_now,
+            resolve=self._resolve_route)
         self.ports["admin_grpc"] = await self._admin_grpc.start(admin.grpc_address)
 
         listen = parse_host_port(config.listener.address, allow_zero_port=True)
@@ -143,6 +146,11 @@ class Sidecar:
         if event.kind is EventKind.BREAKER_CHANGED and event.breaker is not None:
             cluster = event.endpoint.cluster if event.endpoint is not None else ""
             self.metrics.breaker_transition(cluster, event.breaker.state.name.lower())
+
+    def _resolve_route(self, method: str, host: str, path: str) -> RouteMatch:
+        """ResolveRoute's question, answered by the serving route table."""
+        assert self.proxy is not None
+        return self.proxy.state.routes.match(host, method, path)
 
     def readiness(self) -> tuple[bool, str]:
         if self.state != "serving":

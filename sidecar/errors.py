@@ -34,6 +34,7 @@ __all__ = [
     "InternalError",
     "InvalidEndpoint",
     "MethodNotAllowed",
+    "NoHealthCheck",
     "NoHealthyEndpoint",
     "NoRoute",
     "Overflow",
@@ -97,6 +98,10 @@ class EndpointNotFound(RegistryError, LookupError):
 
 class EndpointNotRemovable(RegistryError):
     """The endpoint comes from the configuration file; change the file instead."""
+
+
+class NoHealthCheck(SidecarError):
+    """A health check was asked for in a cluster without `health_check`."""
 
 
 # ---------------------------------------------------------------- data plane

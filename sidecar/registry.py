@@ -420,6 +420,28 @@ class Registry:
             log.error("state file not written", extra={"path": self._state_file,
                                                       "error": str(exc)})
 
+    def update(self, cluster: str, endpoint_id: str, *, weight: int | None = None,
+               labels: Mapping[str, str] | None = None) -> EndpointInfo:
+        """Change an endpoint's weight and/or labels (None: unchanged), validated first.
+        A CONFIG endpoint gets the file's values back on the next reload."""
+        endpoint = self._find(cluster, endpoint_id)
+        try:
+            if weight is not None:
+                check_weight(weight)
+            clean = check_labels(labels) if labels is not None else None
+        except ValueError as exc:
+            raise InvalidEndpoint(str(exc)) from None
+        if weight is not None:
+            endpoint.weight = endpoint.host.weight = weight
+        if clean is not None:
+            endpoint.labels = clean
+        endpoint.update_time = self._clock.wall()
+        # A status event comes from the rebuild only if the status changed (it cannot here).
+        self.clusters[cluster].hosts.rebuild("updated")
+        if endpoint.source is EndpointSource.ADMIN:
+            self._save_state()
+        return endpoint.info()
+
 
 def _validate(cluster: str, url: str, endpoint_id: str, weight: int,
               labels: Mapping[str, str] | None) -> tuple[UpstreamAddress, str, dict[str, str]]:

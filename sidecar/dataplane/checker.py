@@ -53,11 +53,11 @@ from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.health import CheckResult, HealthState, HealthStatus
 from sidecar.core.hosts import Host, HostSet
 from sidecar.dataplane.tls import client_context
-from sidecar.errors import SidecarError
+from sidecar.errors import NoHealthCheck
 from sidecar.events import Event, EventKind
 from sidecar.registry import Registry
 
-__all__ = ["BODY_LIMIT", "RESULTS", "USER_AGENT", "HealthChecker", "NoHealthCheck"]
+__all__ = ["BODY_LIMIT", "RESULTS", "USER_AGENT", "HealthChecker"]
 
 log = logging.getLogger("sidecar.health")
 
@@ -67,10 +67,6 @@ BODY_LIMIT = 64 * 1024
 #: The `result` of a check in the counters: answered with an expected status, with
 #: another status, not answered in time, or no answer at all (refused, reset, TLS...).
 RESULTS = ("passed", "failed", "timeout", "error")
-
-
-class NoHealthCheck(SidecarError):
-    """A check was asked for in a cluster without `health_check` (FAILED_PRECONDITION)."""
 
 
 @dataclass(eq=False, slots=True)

@@ -102,6 +102,12 @@ async def test_snapshot_then_every_change_in_order(stub: api_grpc.AdminServiceSt
     assert added.endpoint_added.endpoint.id == "new"
     assert added.time.seconds > 0
 
+    breaker = await read_event(call)
+    assert breaker.WhichOneof("change") == "breaker_changed"
+    assert (breaker.breaker_changed.previous_state, breaker.breaker_changed.state) == (
+        res.BREAKER_STATE_CLOSED, res.BREAKER_STATE_OPEN)
+    assert breaker.breaker_changed.reason == "health check failed"
+
     changed = await read_event(call)
     assert changed.WhichOneof("change") == "endpoint_status_changed"
     assert changed.endpoint_status_changed.previous_status == res.ENDPOINT_STATUS_ACTIVE
@@ -115,11 +121,9 @@ async def test_snapshot_then_every_change_in_order(stub: api_grpc.AdminServiceSt
     loaded = await read_event(call)
     assert loaded.WhichOneof("change") == "config_loaded"
     assert loaded.config_loaded.config.source == "/etc/reloaded.json"
-    # Increasing bus numbers; the breaker transition before the status change is on
-    # the bus too (its own message type is not streamed yet), hence the one gap.
-    sequences = [e.sequence for e in (added, changed, removed, loaded)]
-    assert sequences == sorted(set(sequences)) and sequences[0] == snapshot.sequence + 1
-    assert sequences[-1] - sequences[0] <= 4
+    # Every event on the bus is streamed: consecutive numbers.
+    sequences = [e.sequence for e in (added, breaker, changed, removed, loaded)]
+    assert sequences == list(range(snapshot.sequence + 1, snapshot.sequence + 6))
     call.cancel()
 
 

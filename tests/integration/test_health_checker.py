@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 from sidecar.app import Sidecar
 from sidecar.core.health import HealthStatus
 from sidecar.core.hosts import Host
-from sidecar.dataplane.checker import USER_AGENT, NoHealthCheck
-from sidecar.errors import EndpointNotFound
+from sidecar.dataplane.checker import USER_AGENT
+from sidecar.errors import EndpointNotFound, NoHealthCheck
 from sidecar.events import Event, EventKind
 from sidecar.registry import EndpointStatus
 

@@ -22,40 +22,66 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from sidecar.admin.v1 import resources_pb2 as sidecar_dot_admin_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$sidecar/admin/v1/admin_service.proto\x12\x10sidecar.admin.v1\x1a sidecar/admin/v1/resources.proto\"G\n\x17RegisterEndpointRequest\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"H\n\x18RegisterEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"8\n\x19\x44\x65registerEndpointRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"J\n\x1a\x44\x65registerEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"1\n\x12GetEndpointRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"C\n\x13GetEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"\x80\x01\n\x14ListEndpointsRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .sidecar.admin.v1.EndpointStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"s\n\x15ListEndpointsResponse\x12-\n\tendpoints\x18\x01 \x03(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"%\n\x12WatchStatusRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\"\x83\x01\n\x13WatchStatusResponse\x12\x34\n\x08snapshot\x18\x01 \x01(\x0b\x32 .sidecar.admin.v1.StatusSnapshotH\x00\x12.\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.sidecar.admin.v1.StatusEventH\x00\x42\x06\n\x04kind\"\x12\n\x10GetConfigRequest\"V\n\x11GetConfigResponse\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.sidecar.admin.v1.ConfigInfo\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t2\xdc\x04\n\x0c\x41\x64minService\x12i\n\x10RegisterEndpoint\x12).sidecar.admin.v1.RegisterEndpointRequest\x1a*.sidecar.admin.v1.RegisterEndpointResponse\x12o\n\x12\x44\x65registerEndpoint\x12+.sidecar.admin.v1.DeregisterEndpointRequest\x1a,.sidecar.admin.v1.DeregisterEndpointResponse\x12Z\n\x0bGetEndpoint\x12$.sidecar.admin.v1.GetEndpointRequest\x1a%.sidecar.admin.v1.GetEndpointResponse\x12`\n\rListEndpoints\x12&.sidecar.admin.v1.ListEndpointsRequest\x1a\'.sidecar.admin.v1.ListEndpointsResponse\x12\\\n\x0bWatchStatus\x12$.sidecar.admin.v1.WatchStatusRequest\x1a%.sidecar.admin.v1.WatchStatusResponse0\x01\x12T\n\tGetConfig\x12\".sidecar.admin.v1.GetConfigRequest\x1a#.sidecar.admin.v1.GetConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$sidecar/admin/v1/admin_service.proto\x12\x10sidecar.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a sidecar/admin/v1/resources.proto\"G\n\x17RegisterEndpointRequest\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"H\n\x18RegisterEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"8\n\x19\x44\x65registerEndpointRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"J\n\x1a\x44\x65registerEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"1\n\x12GetEndpointRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"C\n\x13GetEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"\x80\x01\n\x14ListEndpointsRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .sidecar.admin.v1.EndpointStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"s\n\x15ListEndpointsResponse\x12-\n\tendpoints\x18\x01 \x03(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"%\n\x12WatchStatusRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\"\x83\x01\n\x13WatchStatusResponse\x12\x34\n\x08snapshot\x18\x01 \x01(\x0b\x32 .sidecar.admin.v1.StatusSnapshotH\x00\x12.\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.sidecar.admin.v1.StatusEventH\x00\x42\x06\n\x04kind\"\x12\n\x10GetConfigRequest\"V\n\x11GetConfigResponse\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.sidecar.admin.v1.ConfigInfo\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\"\xbb\x02\n\x15UpdateEndpointRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x06weight\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .sidecar.admin.v1.EndpointStatus\x12\x43\n\x06labels\x18\x05 \x03(\x0b\x32\x33.sidecar.admin.v1.UpdateEndpointRequest.LabelsEntry\x12/\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0e\n\x06reason\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_weight\"F\n\x16UpdateEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"^\n\x12TripBreakerRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"C\n\x13TripBreakerResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"2\n\x13ResetBreakerRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"D\n\x14ResetBreakerResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"9\n\x1a\x43heckEndpointHealthRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\x80\x01\n\x1b\x43heckEndpointHealthResponse\x12\x33\n\x06result\x18\x01 \x01(\x0b\x32#.sidecar.admin.v1.HealthCheckResult\x12,\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"A\n\x13ResolveRouteRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\xe8\x01\n\x14ResolveRouteResponse\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\x15\n\rupstream_path\x18\x04 \x01(\t\x12,\n\x08\x65ndpoint\x18\x05 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x13\n\x0bpick_reason\x18\x06 \x01(\t\x12\x37\n\ncandidates\x18\x07 \x03(\x0b\x32#.sidecar.admin.v1.EndpointCandidate\x12\r\n\x05panic\x18\x08 \x01(\x08\x32\xcf\x08\n\x0c\x41\x64minService\x12i\n\x10RegisterEndpoint\x12).sidecar.admin.v1.RegisterEndpointRequest\x1a*.sidecar.admin.v1.RegisterEndpointResponse\x12o\n\x12\x44\x65registerEndpoint\x12+.sidecar.admin.v1.DeregisterEndpointRequest\x1a,.sidecar.admin.v1.DeregisterEndpointResponse\x12Z\n\x0bGetEndpoint\x12$.sidecar.admin.v1.GetEndpointRequest\x1a%.sidecar.admin.v1.GetEndpointResponse\x12`\n\rListEndpoints\x12&.sidecar.admin.v1.ListEndpointsRequest\x1a\'.sidecar.admin.v1.ListEndpointsResponse\x12\\\n\x0bWatchStatus\x12$.sidecar.admin.v1.WatchStatusRequest\x1a%.sidecar.admin.v1.WatchStatusResponse0\x01\x12T\n\tGetConfig\x12\".sidecar.admin.v1.GetConfigRequest\x1a#.sidecar.admin.v1.GetConfigResponse\x12\x63\n\x0eUpdateEndpoint\x12\'.sidecar.admin.v1.UpdateEndpointRequest\x1a(.sidecar.admin.v1.UpdateEndpointResponse\x12Z\n\x0bTripBreaker\x12$.sidecar.admin.v1.TripBreakerRequest\x1a%.sidecar.admin.v1.TripBreakerResponse\x12]\n\x0cResetBreaker\x12%.sidecar.admin.v1.ResetBreakerRequest\x1a&.sidecar.admin.v1.ResetBreakerResponse\x12r\n\x13\x43heckEndpointHealth\x12,.sidecar.admin.v1.CheckEndpointHealthRequest\x1a-.sidecar.admin.v1.CheckEndpointHealthResponse\x12]\n\x0cResolveRoute\x12%.sidecar.admin.v1.ResolveRouteRequest\x1a&.sidecar.admin.v1.ResolveRouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sidecar.admin.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERENDPOINTREQUEST']._serialized_start=92
-  _globals['_REGISTERENDPOINTREQUEST']._serialized_end=163
-  _globals['_REGISTERENDPOINTRESPONSE']._serialized_start=165
-  _globals['_REGISTERENDPOINTRESPONSE']._serialized_end=237
-  _globals['_DEREGISTERENDPOINTREQUEST']._serialized_start=239
-  _globals['_DEREGISTERENDPOINTREQUEST']._serialized_end=295
-  _globals['_DEREGISTERENDPOINTRESPONSE']._serialized_start=297
-  _globals['_DEREGISTERENDPOINTRESPONSE']._serialized_end=371
-  _globals['_GETENDPOINTREQUEST']._serialized_start=373
-  _globals['_GETENDPOINTREQUEST']._serialized_end=422
-  _globals['_GETENDPOINTRESPONSE']._serialized_start=424
-  _globals['_GETENDPOINTRESPONSE']._serialized_end=491
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=494
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=622
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=624
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=739
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=741
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=778
-  _globals['_WATCHSTATUSRESPONSE']._serialized_start=781
-  _globals['_WATCHSTATUSRESPONSE']._serialized_end=912
-  _globals['_GETCONFIGREQUEST']._serialized_start=914
-  _globals['_GETCONFIGREQUEST']._serialized_end=932
-  _globals['_GETCONFIGRESPONSE']._serialized_start=934
-  _globals['_GETCONFIGRESPONSE']._serialized_end=1020
-  _globals['_ADMINSERVICE']._serialized_start=1023
-  _globals['_ADMINSERVICE']._serialized_end=1627
+  _globals['_UPDATEENDPOINTREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_UPDATEENDPOINTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_REGISTERENDPOINTREQUEST']._serialized_start=158
+  _globals['_REGISTERENDPOINTREQUEST']._serialized_end=229
+  _globals['_REGISTERENDPOINTRESPONSE']._serialized_start=231
+  _globals['_REGISTERENDPOINTRESPONSE']._serialized_end=303
+  _globals['_DEREGISTERENDPOINTREQUEST']._serialized_start=305
+  _globals['_DEREGISTERENDPOINTREQUEST']._serialized_end=361
+  _globals['_DEREGISTERENDPOINTRESPONSE']._serialized_start=363
+  _globals['_DEREGISTERENDPOINTRESPONSE']._serialized_end=437
+  _globals['_GETENDPOINTREQUEST']._serialized_start=439
+  _globals['_GETENDPOINTREQUEST']._serialized_end=488
+  _globals['_GETENDPOINTRESPONSE']._serialized_start=490
+  _globals['_GETENDPOINTRESPONSE']._serialized_end=557
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=560
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=688
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=690
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=805
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=807
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=844
+  _globals['_WATCHSTATUSRESPONSE']._serialized_start=847
+  _globals['_WATCHSTATUSRESPONSE']._serialized_end=978
+  _globals['_GETCONFIGREQUEST']._serialized_start=980
+  _globals['_GETCONFIGREQUEST']._serialized_end=998
+  _globals['_GETCONFIGRESPONSE']._serialized_start=1000
+  _globals['_GETCONFIGRESPONSE']._serialized_end=1086
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_start=1089
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_end=1404
+  _globals['_UPDATEENDPOINTREQUEST_LABELSENTRY']._serialized_start=1348
+  _globals['_UPDATEENDPOINTREQUEST_LABELSENTRY']._serialized_end=1393
+  _globals['_UPDATEENDPOINTRESPONSE']._serialized_start=1406
+  _globals['_UPDATEENDPOINTRESPONSE']._serialized_end=1476
+  _globals['_TRIPBREAKERREQUEST']._serialized_start=1478
+  _globals['_TRIPBREAKERREQUEST']._serialized_end=1572
+  _globals['_TRIPBREAKERRESPONSE']._serialized_start=1574
+  _globals['_TRIPBREAKERRESPONSE']._serialized_end=1641
+  _globals['_RESETBREAKERREQUEST']._serialized_start=1643
+  _globals['_RESETBREAKERREQUEST']._serialized_end=1693
+  _globals['_RESETBREAKERRESPONSE']._serialized_start=1695
+  _globals['_RESETBREAKERRESPONSE']._serialized_end=1763
+  _globals['_CHECKENDPOINTHEALTHREQUEST']._serialized_start=1765
+  _globals['_CHECKENDPOINTHEALTHREQUEST']._serialized_end=1822
+  _globals['_CHECKENDPOINTHEALTHRESPONSE']._serialized_start=1825
+  _globals['_CHECKENDPOINTHEALTHRESPONSE']._serialized_end=1953
+  _globals['_RESOLVEROUTEREQUEST']._serialized_start=1955
+  _globals['_RESOLVEROUTEREQUEST']._serialized_end=2020
+  _globals['_RESOLVEROUTERESPONSE']._serialized_start=2023
+  _globals['_RESOLVEROUTERESPONSE']._serialized_end=2255
+  _globals['_ADMINSERVICE']._serialized_start=2258
+  _globals['_ADMINSERVICE']._serialized_end=3361
 # @@protoc_insertion_point(module_scope)

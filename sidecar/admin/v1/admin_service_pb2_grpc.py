@@ -67,6 +67,31 @@ class AdminServiceStub:
                 request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetConfigRequest.SerializeToString,
                 response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetConfigResponse.FromString,
                 _registered_method=True)
+        self.UpdateEndpoint = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/UpdateEndpoint',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.UpdateEndpointRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.UpdateEndpointResponse.FromString,
+                _registered_method=True)
+        self.TripBreaker = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/TripBreaker',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.TripBreakerRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.TripBreakerResponse.FromString,
+                _registered_method=True)
+        self.ResetBreaker = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/ResetBreaker',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResetBreakerRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResetBreakerResponse.FromString,
+                _registered_method=True)
+        self.CheckEndpointHealth = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/CheckEndpointHealth',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.CheckEndpointHealthRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.CheckEndpointHealthResponse.FromString,
+                _registered_method=True)
+        self.ResolveRoute = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/ResolveRoute',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -128,6 +153,56 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateEndpoint(self, request, context):
+        """Changes an endpoint's weight, status or labels: the fields named in
+        `update_mask`, all validated before any is changed. Errors: INVALID_ARGUMENT
+        (empty cluster or id, unknown mask path, bad weight, status or labels),
+        NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TripBreaker(self, request, context):
+        """Opens an endpoint's circuit breaker now, so it takes no new requests until the
+        open time has passed; from OPEN too (the open time starts again). Errors:
+        INVALID_ARGUMENT (empty cluster or id, duration not positive), NOT_FOUND,
+        FAILED_PRECONDITION when the cluster's circuit breaker is disabled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetBreaker(self, request, context):
+        """Closes an endpoint's circuit breaker now and forgets its failures; from CLOSED
+        too. Errors: INVALID_ARGUMENT (empty cluster or id), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckEndpointHealth(self, request, context):
+        """Runs one active health check of an endpoint now, as the scheduled checks do,
+        and returns its result. Errors: INVALID_ARGUMENT (empty cluster or id),
+        NOT_FOUND, FAILED_PRECONDITION when the cluster has no active health checks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveRoute(self, request, context):
+        """Says where a request would go, for debugging: its route, cluster and upstream
+        path, and the cluster's endpoints with whether each may take it. Sends
+        nothing and changes nothing. Errors: INVALID_ARGUMENT (a path that is not
+        absolute, a malformed method or host), NOT_FOUND when no route matches (the
+        data plane answers 404), FAILED_PRECONDITION when routes match the host and
+        path but none allows the method (the data plane answers 405; the message lists
+        the allowed methods).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +235,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetConfig,
                     request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetConfigRequest.FromString,
                     response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetConfigResponse.SerializeToString,
+            ),
+            'UpdateEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateEndpoint,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.UpdateEndpointRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.UpdateEndpointResponse.SerializeToString,
+            ),
+            'TripBreaker': grpc.unary_unary_rpc_method_handler(
+                    servicer.TripBreaker,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.TripBreakerRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.TripBreakerResponse.SerializeToString,
+            ),
+            'ResetBreaker': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetBreaker,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResetBreakerRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResetBreakerResponse.SerializeToString,
+            ),
+            'CheckEndpointHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckEndpointHealth,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.CheckEndpointHealthRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.CheckEndpointHealthResponse.SerializeToString,
+            ),
+            'ResolveRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveRoute,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -327,6 +427,141 @@ class AdminService:
             '/sidecar.admin.v1.AdminService/GetConfig',
             sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetConfigRequest.SerializeToString,
             sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/UpdateEndpoint',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.UpdateEndpointRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.UpdateEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TripBreaker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/TripBreaker',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.TripBreakerRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.TripBreakerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetBreaker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/ResetBreaker',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResetBreakerRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResetBreakerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckEndpointHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/CheckEndpointHealth',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.CheckEndpointHealthRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.CheckEndpointHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/ResolveRoute',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n sidecar/admin/v1/resources.proto\x12\x10sidecar.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x03\n\x08\x45ndpoint\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x13\n\x06weight\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32 .sidecar.admin.v1.EndpointStatus\x12\x30\n\x06source\x18\x06 \x01(\x0e\x32 .sidecar.admin.v1.EndpointSource\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.sidecar.admin.v1.Endpoint.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61\x63tive_requests\x18\n \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_weight\"\x88\x01\n\nConfigInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12-\n\tload_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcluster_count\x18\x04 \x01(\r\x12\x13\n\x0broute_count\x18\x05 \x01(\r\"\x7f\n\x0eStatusSnapshot\x12-\n\tendpoints\x18\x01 \x03(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12,\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.sidecar.admin.v1.ConfigInfo\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"=\n\rEndpointAdded\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"O\n\x0f\x45ndpointRemoved\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x90\x01\n\x15\x45ndpointStatusChanged\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x39\n\x0fprevious_status\x18\x02 \x01(\x0e\x32 .sidecar.admin.v1.EndpointStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\x0c\x43onfigLoaded\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.sidecar.admin.v1.ConfigInfo\"\xd2\x02\n\x0bStatusEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0e\x65ndpoint_added\x18\x03 \x01(\x0b\x32\x1f.sidecar.admin.v1.EndpointAddedH\x00\x12=\n\x10\x65ndpoint_removed\x18\x04 \x01(\x0b\x32!.sidecar.admin.v1.EndpointRemovedH\x00\x12J\n\x17\x65ndpoint_status_changed\x18\x05 \x01(\x0b\x32\'.sidecar.admin.v1.EndpointStatusChangedH\x00\x12\x37\n\rconfig_loaded\x18\x06 \x01(\x0b\x32\x1e.sidecar.admin.v1.ConfigLoadedH\x00\x42\x08\n\x06\x63hange*\xa8\x01\n\x0e\x45ndpointStatus\x12\x1f\n\x1b\x45NDPOINT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NDPOINT_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19\x45NDPOINT_STATUS_UNHEALTHY\x10\x02\x12\x1c\n\x18\x45NDPOINT_STATUS_DISABLED\x10\x03\x12\x1c\n\x18\x45NDPOINT_STATUS_DRAINING\x10\x04*h\n\x0e\x45ndpointSource\x12\x1f\n\x1b\x45NDPOINT_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NDPOINT_SOURCE_CONFIG\x10\x01\x12\x19\n\x15\x45NDPOINT_SOURCE_ADMIN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n sidecar/admin/v1/resources.proto\x12\x10sidecar.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x01\n\x11HealthCheckResult\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x03 \x01(\r\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\x90\x06\n\x08\x45ndpoint\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x13\n\x06weight\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32 .sidecar.admin.v1.EndpointStatus\x12\x30\n\x06source\x18\x06 \x01(\x0e\x32 .sidecar.admin.v1.EndpointSource\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.sidecar.admin.v1.Endpoint.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61\x63tive_requests\x18\n \x01(\r\x12\x35\n\rbreaker_state\x18\x0b \x01(\x0e\x32\x1e.sidecar.admin.v1.BreakerState\x12\x16\n\x0e\x62reaker_reason\x18\x0c \x01(\t\x12\x31\n\rbreaker_since\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x16\x62reaker_half_open_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06health\x18\x0f \x01(\x0e\x32\x1e.sidecar.admin.v1.HealthStatus\x12\x15\n\rhealth_reason\x18\x10 \x01(\t\x12\x41\n\x14health_check_results\x18\x11 \x03(\x0b\x32#.sidecar.admin.v1.HealthCheckResult\x12\x15\n\rrequest_count\x18\x12 \x01(\x04\x12\x15\n\rfailure_count\x18\x13 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_weight\"a\n\x11\x45ndpointCandidate\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x0e\n\x06usable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x88\x01\n\nConfigInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12-\n\tload_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcluster_count\x18\x04 \x01(\r\x12\x13\n\x0broute_count\x18\x05 \x01(\r\"\x7f\n\x0eStatusSnapshot\x12-\n\tendpoints\x18\x01 \x03(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12,\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.sidecar.admin.v1.ConfigInfo\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"=\n\rEndpointAdded\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\"O\n\x0f\x45ndpointRemoved\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x90\x01\n\x15\x45ndpointStatusChanged\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x39\n\x0fprevious_status\x18\x02 \x01(\x0e\x32 .sidecar.admin.v1.EndpointStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\x0c\x43onfigLoaded\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.sidecar.admin.v1.ConfigInfo\"\xb5\x01\n\x0e\x42reakerChanged\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x36\n\x0eprevious_state\x18\x02 \x01(\x0e\x32\x1e.sidecar.admin.v1.BreakerState\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.sidecar.admin.v1.BreakerState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xb6\x01\n\rHealthChanged\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.sidecar.admin.v1.Endpoint\x12\x37\n\x0fprevious_status\x18\x02 \x01(\x0e\x32\x1e.sidecar.admin.v1.HealthStatus\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.sidecar.admin.v1.HealthStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\">\n\x0cPanicChanged\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05panic\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"l\n\x0c\x46\x61llbackUsed\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.sidecar.admin.v1.FallbackKind\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xbc\x04\n\x0bStatusEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0e\x65ndpoint_added\x18\x03 \x01(\x0b\x32\x1f.sidecar.admin.v1.EndpointAddedH\x00\x12=\n\x10\x65ndpoint_removed\x18\x04 \x01(\x0b\x32!.sidecar.admin.v1.EndpointRemovedH\x00\x12J\n\x17\x65ndpoint_status_changed\x18\x05 \x01(\x0b\x32\'.sidecar.admin.v1.EndpointStatusChangedH\x00\x12\x37\n\rconfig_loaded\x18\x06 \x01(\x0b\x32\x1e.sidecar.admin.v1.ConfigLoadedH\x00\x12;\n\x0f\x62reaker_changed\x18\x07 \x01(\x0b\x32 .sidecar.admin.v1.BreakerChangedH\x00\x12\x39\n\x0ehealth_changed\x18\x08 \x01(\x0b\x32\x1f.sidecar.admin.v1.HealthChangedH\x00\x12\x37\n\rpanic_changed\x18\t \x01(\x0b\x32\x1e.sidecar.admin.v1.PanicChangedH\x00\x12\x37\n\rfallback_used\x18\n \x01(\x0b\x32\x1e.sidecar.admin.v1.FallbackUsedH\x00\x42\x08\n\x06\x63hange*\xa8\x01\n\x0e\x45ndpointStatus\x12\x1f\n\x1b\x45NDPOINT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NDPOINT_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19\x45NDPOINT_STATUS_UNHEALTHY\x10\x02\x12\x1c\n\x18\x45NDPOINT_STATUS_DISABLED\x10\x03\x12\x1c\n\x18\x45NDPOINT_STATUS_DRAINING\x10\x04*h\n\x0e\x45ndpointSource\x12\x1f\n\x1b\x45NDPOINT_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NDPOINT_SOURCE_CONFIG\x10\x01\x12\x19\n\x15\x45NDPOINT_SOURCE_ADMIN\x10\x02*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03*\x80\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x01\x12\x19\n\x15HEALTH_STATUS_HEALTHY\x10\x02\x12\x1b\n\x17HEALTH_STATUS_UNHEALTHY\x10\x03*{\n\x0c\x46\x61llbackKind\x12\x1d\n\x19\x46\x41LLBACK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41LLBACK_KIND_CACHE\x10\x01\x12\x19\n\x15\x46\x41LLBACK_KIND_CLUSTER\x10\x02\x12\x18\n\x14\x46\x41LLBACK_KIND_STATIC\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +35,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENDPOINT_LABELSENTRY']._loaded_options = None
   _globals['_ENDPOINT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ENDPOINTSTATUS']._serialized_start=1463
-  _globals['_ENDPOINTSTATUS']._serialized_end=1631
-  _globals['_ENDPOINTSOURCE']._serialized_start=1633
-  _globals['_ENDPOINTSOURCE']._serialized_end=1737
-  _globals['_ENDPOINT']._serialized_start=88
-  _globals['_ENDPOINT']._serialized_end=498
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=442
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=487
-  _globals['_CONFIGINFO']._serialized_start=501
-  _globals['_CONFIGINFO']._serialized_end=637
-  _globals['_STATUSSNAPSHOT']._serialized_start=639
-  _globals['_STATUSSNAPSHOT']._serialized_end=766
-  _globals['_ENDPOINTADDED']._serialized_start=768
-  _globals['_ENDPOINTADDED']._serialized_end=829
-  _globals['_ENDPOINTREMOVED']._serialized_start=831
-  _globals['_ENDPOINTREMOVED']._serialized_end=910
-  _globals['_ENDPOINTSTATUSCHANGED']._serialized_start=913
-  _globals['_ENDPOINTSTATUSCHANGED']._serialized_end=1057
-  _globals['_CONFIGLOADED']._serialized_start=1059
-  _globals['_CONFIGLOADED']._serialized_end=1119
-  _globals['_STATUSEVENT']._serialized_start=1122
-  _globals['_STATUSEVENT']._serialized_end=1460
+  _globals['_ENDPOINTSTATUS']._serialized_start=2905
+  _globals['_ENDPOINTSTATUS']._serialized_end=3073
+  _globals['_ENDPOINTSOURCE']._serialized_start=3075
+  _globals['_ENDPOINTSOURCE']._serialized_end=3179
+  _globals['_BREAKERSTATE']._serialized_start=3181
+  _globals['_BREAKERSTATE']._serialized_end=3305
+  _globals['_HEALTHSTATUS']._serialized_start=3308
+  _globals['_HEALTHSTATUS']._serialized_end=3436
+  _globals['_FALLBACKKIND']._serialized_start=3438
+  _globals['_FALLBACKKIND']._serialized_end=3561
+  _globals['_HEALTHCHECKRESULT']._serialized_start=120
+  _globals['_HEALTHCHECKRESULT']._serialized_end=277
+  _globals['_ENDPOINT']._serialized_start=280
+  _globals['_ENDPOINT']._serialized_end=1064
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=1008
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=1053
+  _globals['_ENDPOINTCANDIDATE']._serialized_start=1066
+  _globals['_ENDPOINTCANDIDATE']._serialized_end=1163
+  _globals['_CONFIGINFO']._serialized_start=1166
+  _globals['_CONFIGINFO']._serialized_end=1302
+  _globals['_STATUSSNAPSHOT']._serialized_start=1304
+  _globals['_STATUSSNAPSHOT']._serialized_end=1431
+  _globals['_ENDPOINTADDED']._serialized_start=1433
+  _globals['_ENDPOINTADDED']._serialized_end=1494
+  _globals['_ENDPOINTREMOVED']._serialized_start=1496
+  _globals['_ENDPOINTREMOVED']._serialized_end=1575
+  _globals['_ENDPOINTSTATUSCHANGED']._serialized_start=1578
+  _globals['_ENDPOINTSTATUSCHANGED']._serialized_end=1722
+  _globals['_CONFIGLOADED']._serialized_start=1724
+  _globals['_CONFIGLOADED']._serialized_end=1784
+  _globals['_BREAKERCHANGED']._serialized_start=1787
+  _globals['_BREAKERCHANGED']._serialized_end=1968
+  _globals['_HEALTHCHANGED']._serialized_start=1971
+  _globals['_HEALTHCHANGED']._serialized_end=2153
+  _globals['_PANICCHANGED']._serialized_start=2155
+  _globals['_PANICCHANGED']._serialized_end=2217
+  _globals['_FALLBACKUSED']._serialized_start=2219
+  _globals['_FALLBACKUSED']._serialized_end=2327
+  _globals['_STATUSEVENT']._serialized_start=2330
+  _globals['_STATUSEVENT']._serialized_end=2902
 # @@protoc_insertion_point(module_scope)

@@ -5,26 +5,45 @@
 
 __all__ = (
     "AdminServiceStub",
+    "BreakerChanged",
+    "BreakerState",
+    "CheckEndpointHealthRequest",
+    "CheckEndpointHealthResponse",
     "ConfigInfo",
     "ConfigLoaded",
     "DeregisterEndpointRequest",
     "DeregisterEndpointResponse",
     "Endpoint",
     "EndpointAdded",
+    "EndpointCandidate",
     "EndpointRemoved",
     "EndpointSource",
     "EndpointStatus",
     "EndpointStatusChanged",
+    "FallbackKind",
+    "FallbackUsed",
     "GetConfigRequest",
     "GetConfigResponse",
     "GetEndpointRequest",
     "GetEndpointResponse",
+    "HealthChanged",
+    "HealthCheckResult",
+    "HealthStatus",
     "ListEndpointsRequest",
     "ListEndpointsResponse",
+    "PanicChanged",
     "RegisterEndpointRequest",
     "RegisterEndpointResponse",
+    "ResetBreakerRequest",
+    "ResetBreakerResponse",
+    "ResolveRouteRequest",
+    "ResolveRouteResponse",
     "StatusEvent",
     "StatusSnapshot",
+    "TripBreakerRequest",
+    "TripBreakerResponse",
+    "UpdateEndpointRequest",
+    "UpdateEndpointResponse",
     "WatchStatusRequest",
     "WatchStatusResponse",
 )
@@ -43,6 +62,52 @@ from ....message_pool import default_message_pool
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+class BreakerState(betterproto2.Enum):
+    """
+    The state of an endpoint's circuit breaker.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set: the message does not describe a breaker (see where it is used).
+    """
+
+    CLOSED = 1
+    """
+    Requests flow; failures are counted.
+    """
+
+    OPEN = 2
+    """
+    Too many failures (or tripped by an admin): no requests until the open time
+    has passed.
+    """
+
+    HALF_OPEN = 3
+    """
+    The open time has passed: a few live requests probe the endpoint; enough
+    successes close the breaker, one failure opens it again.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "BREAKER_STATE_UNSPECIFIED",
+            1: "BREAKER_STATE_CLOSED",
+            2: "BREAKER_STATE_OPEN",
+            3: "BREAKER_STATE_HALF_OPEN",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "BREAKER_STATE_UNSPECIFIED": 0,
+            "BREAKER_STATE_CLOSED": 1,
+            "BREAKER_STATE_OPEN": 2,
+            "BREAKER_STATE_HALF_OPEN": 3,
+        }
 
 
 class EndpointSource(betterproto2.Enum):
@@ -132,6 +197,183 @@ class EndpointStatus(betterproto2.Enum):
             "ENDPOINT_STATUS_DISABLED": 3,
             "ENDPOINT_STATUS_DRAINING": 4,
         }
+
+
+class FallbackKind(betterproto2.Enum):
+    """
+    Which fallback answered for a route whose cluster could not.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set, or a kind newer than this API version.
+    """
+
+    CACHE = 1
+    """
+    The last good response to the same GET, from the sidecar's cache.
+    """
+
+    CLUSTER = 2
+    """
+    The route's fallback cluster.
+    """
+
+    STATIC = 3
+    """
+    The route's static response.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "FALLBACK_KIND_UNSPECIFIED",
+            1: "FALLBACK_KIND_CACHE",
+            2: "FALLBACK_KIND_CLUSTER",
+            3: "FALLBACK_KIND_STATIC",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "FALLBACK_KIND_UNSPECIFIED": 0,
+            "FALLBACK_KIND_CACHE": 1,
+            "FALLBACK_KIND_CLUSTER": 2,
+            "FALLBACK_KIND_STATIC": 3,
+        }
+
+
+class HealthStatus(betterproto2.Enum):
+    """
+    What active health checks say of an endpoint.
+    """
+
+    UNSPECIFIED = 0
+    """
+    The endpoint's cluster has no active health checks.
+    """
+
+    UNKNOWN = 1
+    """
+    Checked, but never passed a check yet; takes no new requests (unless the
+    cluster is in panic mode).
+    """
+
+    HEALTHY = 2
+    """
+    Passes its checks.
+    """
+
+    UNHEALTHY = 3
+    """
+    Failed `unhealthy_threshold` checks in a row; takes no new requests (unless the
+    cluster is in panic mode) until it passes `healthy_threshold` in a row.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "HEALTH_STATUS_UNSPECIFIED",
+            1: "HEALTH_STATUS_UNKNOWN",
+            2: "HEALTH_STATUS_HEALTHY",
+            3: "HEALTH_STATUS_UNHEALTHY",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "HEALTH_STATUS_UNSPECIFIED": 0,
+            "HEALTH_STATUS_UNKNOWN": 1,
+            "HEALTH_STATUS_HEALTHY": 2,
+            "HEALTH_STATUS_UNHEALTHY": 3,
+        }
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class BreakerChanged(betterproto2.Message):
+    """
+    An endpoint's circuit breaker changed state.
+    """
+
+    endpoint: "Endpoint | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The endpoint (its status as of the change; observed fields not set).
+    """
+
+    previous_state: "BreakerState" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: BreakerState(0)
+    )
+    """
+    The state before the change.
+    """
+
+    state: "BreakerState" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: BreakerState(0)
+    )
+    """
+    The state after the change.
+    """
+
+    reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING
+    )
+    """
+    Why: "5 consecutive connect failures", "open time elapsed", "probe succeeded",
+    "tripped by admin", ...
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "BreakerChanged", BreakerChanged)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class CheckEndpointHealthRequest(betterproto2.Message):
+    """
+    Request of CheckEndpointHealth.
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    Cluster of the endpoint. Required.
+    """
+
+    id: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    Id of the endpoint. Required.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "CheckEndpointHealthRequest", CheckEndpointHealthRequest
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class CheckEndpointHealthResponse(betterproto2.Message):
+    """
+    Response of CheckEndpointHealth.
+    """
+
+    result: "HealthCheckResult | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The result of the check just run.
+    """
+
+    endpoint: "Endpoint | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The endpoint after the result was taken into account.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "CheckEndpointHealthResponse", CheckEndpointHealthResponse
+)
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
@@ -323,6 +565,81 @@ class Endpoint(betterproto2.Message):
     Requests in flight to this endpoint right now. Output only.
     """
 
+    breaker_state: "BreakerState" = betterproto2.field(
+        11, betterproto2.TYPE_ENUM, default_factory=lambda: BreakerState(0)
+    )
+    """
+    The fields below are what the sidecar observed. Output only; set in every
+    response that returns an endpoint and in StatusSnapshot, and not set (zero) in
+    StatusEvent, whose own fields say what changed.
+
+    State of the endpoint's circuit breaker. A cluster whose breaker is disabled
+    always shows CLOSED. Output only.
+    """
+
+    breaker_reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        12, betterproto2.TYPE_STRING
+    )
+    """
+    Why the breaker is in its state, e.g. "5 consecutive connect failures" or
+    "tripped by admin"; empty for a breaker that never changed. Output only.
+    """
+
+    breaker_since: "datetime.datetime | None" = betterproto2.field(
+        13, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the breaker entered its state; when the endpoint was added, for a breaker
+    that never changed. Output only.
+    """
+
+    breaker_half_open_time: "datetime.datetime | None" = betterproto2.field(
+        14, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When an OPEN breaker will let probes through (HALF_OPEN); not set unless the
+    state is OPEN. Output only.
+    """
+
+    health: "HealthStatus" = betterproto2.field(
+        15, betterproto2.TYPE_ENUM, default_factory=lambda: HealthStatus(0)
+    )
+    """
+    What active health checks say; UNSPECIFIED when the cluster has none. Output only.
+    """
+
+    health_reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        16, betterproto2.TYPE_STRING
+    )
+    """
+    Why the health is what it is, e.g. "3 consecutive failed checks: status 503";
+    empty before the first change. Output only.
+    """
+
+    health_check_results: "list[HealthCheckResult]" = betterproto2.field(
+        17, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The most recent health check results, newest first (at most 16); empty when
+    the cluster has no active health checks. Output only.
+    """
+
+    request_count: "typing.Annotated[int, pydantic.Field(ge=0, le=2**64 - 1)]" = betterproto2.field(
+        18, betterproto2.TYPE_UINT64
+    )
+    """
+    Upstream attempts sent to this endpoint since it was added (or since the
+    sidecar started). Output only.
+    """
+
+    failure_count: "typing.Annotated[int, pydantic.Field(ge=0, le=2**64 - 1)]" = betterproto2.field(
+        19, betterproto2.TYPE_UINT64
+    )
+    """
+    How many of `request_count` failed in a way the circuit breaker counts
+    (`circuit_breaker.failure_on`). Output only.
+    """
+
 
 default_message_pool.register_message("sidecar.admin.v1", "Endpoint", Endpoint)
 
@@ -340,6 +657,36 @@ class EndpointAdded(betterproto2.Message):
 
 
 default_message_pool.register_message("sidecar.admin.v1", "EndpointAdded", EndpointAdded)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class EndpointCandidate(betterproto2.Message):
+    """
+    One endpoint of the cluster a route resolves to, as the load balancer sees it.
+    """
+
+    endpoint: "Endpoint | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The endpoint, with what the sidecar observed of it.
+    """
+
+    usable: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Whether the load balancer may pick it for a new request now.
+    """
+
+    reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING
+    )
+    """
+    Why it is not usable ("disabled by operator", "breaker open: 5 consecutive
+    connect failures", "health unhealthy: ..."), or a note on a usable one
+    ("breaker half-open: probing", "health ignored: the cluster is in panic
+    mode"); empty for a plainly usable endpoint.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "EndpointCandidate", EndpointCandidate)
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
@@ -393,6 +740,45 @@ class EndpointStatusChanged(betterproto2.Message):
 default_message_pool.register_message(
     "sidecar.admin.v1", "EndpointStatusChanged", EndpointStatusChanged
 )
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class FallbackUsed(betterproto2.Message):
+    """
+    A route's cluster could not answer and one of the route's fallbacks did.
+    """
+
+    route: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    Name of the route.
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    The route's cluster, the one that could not answer.
+    """
+
+    kind: "FallbackKind" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: FallbackKind(0)
+    )
+    """
+    Which fallback answered.
+    """
+
+    reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING
+    )
+    """
+    Why the cluster could not answer: "no_healthy_upstream", "overflow",
+    "connect_failure" or "gateway_error".
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "FallbackUsed", FallbackUsed)
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
@@ -471,6 +857,86 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class HealthChanged(betterproto2.Message):
+    """
+    An endpoint's health, as judged by active health checks, changed.
+    """
+
+    endpoint: "Endpoint | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The endpoint (its status as of the change; observed fields not set).
+    """
+
+    previous_status: "HealthStatus" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: HealthStatus(0)
+    )
+    """
+    The health before the change.
+    """
+
+    status: "HealthStatus" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: HealthStatus(0)
+    )
+    """
+    The health after the change.
+    """
+
+    reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING
+    )
+    """
+    Why: "first passing check", "3 consecutive failed checks: status 503", ...
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "HealthChanged", HealthChanged)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class HealthCheckResult(betterproto2.Message):
+    """
+    The result of one active health check.
+    """
+
+    time: "datetime.datetime | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the check finished.
+    """
+
+    passed: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Whether the check passed: an answer with one of the expected statuses, in time.
+    """
+
+    status_code: "typing.Annotated[int, pydantic.Field(ge=0, le=2**32 - 1)]" = betterproto2.field(
+        3, betterproto2.TYPE_UINT32
+    )
+    """
+    HTTP status of the answer; 0 when there was none (refused, timed out).
+    """
+
+    latency: "datetime.timedelta | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    Time from sending the check to its outcome.
+    """
+
+    error: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        5, betterproto2.TYPE_STRING
+    )
+    """
+    What went wrong when there was no answer to judge, e.g. "connection refused";
+    empty otherwise.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "HealthCheckResult", HealthCheckResult)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class ListEndpointsRequest(betterproto2.Message):
     """
     Request of ListEndpoints.
@@ -544,6 +1010,36 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class PanicChanged(betterproto2.Message):
+    """
+    A cluster entered or left panic mode: so few of its endpoints pass their health
+    checks that the checks are ignored (open breakers are still respected).
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    The cluster.
+    """
+
+    panic: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True when the cluster entered panic mode, false when it left it.
+    """
+
+    reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING
+    )
+    """
+    Why, e.g. "fewer than 50% of the endpoints pass their health checks: checks ignored".
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "PanicChanged", PanicChanged)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class RegisterEndpointRequest(betterproto2.Message):
     """
     Request of RegisterEndpoint.
@@ -575,6 +1071,153 @@ class RegisterEndpointResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "sidecar.admin.v1", "RegisterEndpointResponse", RegisterEndpointResponse
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ResetBreakerRequest(betterproto2.Message):
+    """
+    Request of ResetBreaker.
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    Cluster of the endpoint. Required.
+    """
+
+    id: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    Id of the endpoint. Required.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "ResetBreakerRequest", ResetBreakerRequest
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ResetBreakerResponse(betterproto2.Message):
+    """
+    Response of ResetBreaker.
+    """
+
+    endpoint: "Endpoint | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The endpoint with its breaker CLOSED.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "ResetBreakerResponse", ResetBreakerResponse
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ResolveRouteRequest(betterproto2.Message):
+    """
+    Request of ResolveRoute.
+    """
+
+    method: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    HTTP method, case-sensitive as in HTTP. If not specified, the default is "GET".
+    """
+
+    host: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    Host header of the request; a port is ignored and case does not matter. If not
+    specified, the default is empty: only routes that name no host match.
+    """
+
+    path: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING
+    )
+    """
+    Request target: an absolute path, with a query if any, e.g. "/users/42?x=1".
+    Required. Dot-segments are removed first, as the data plane does.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "ResolveRouteRequest", ResolveRouteRequest
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ResolveRouteResponse(betterproto2.Message):
+    """
+    Response of ResolveRoute.
+    """
+
+    route: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    Name of the matching route.
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    The cluster the request goes to.
+    """
+
+    prefix: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING
+    )
+    """
+    The route's path prefix that matched.
+    """
+
+    upstream_path: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING
+    )
+    """
+    Path and query sent upstream, after the route's `prefix_rewrite`.
+    """
+
+    endpoint: "Endpoint | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The endpoint the balancer would most likely pick: see `pick_reason`. Not set
+    when no endpoint is usable (the data plane answers 503, or a fallback does).
+    """
+
+    pick_reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING
+    )
+    """
+    How `endpoint` was chosen. The balancer is not asked (that would change its
+    state), so the real pick, made per request, may differ: round_robin and random
+    spread requests over every usable endpoint by weight, and this names the
+    heaviest (the first by id among equals); for least_request, the one with the
+    fewest requests in flight per weight.
+    """
+
+    candidates: "list[EndpointCandidate]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Every endpoint of the cluster, ordered by id, with whether it is usable now.
+    """
+
+    panic: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+    """
+    Whether the cluster is in panic mode (health checks ignored).
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "ResolveRouteResponse", ResolveRouteResponse
 )
 
 
@@ -630,6 +1273,34 @@ class StatusEvent(betterproto2.Message):
     A configuration was loaded.
     """
 
+    breaker_changed: "BreakerChanged | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True, group="change"
+    )
+    """
+    An endpoint's circuit breaker changed state.
+    """
+
+    health_changed: "HealthChanged | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True, group="change"
+    )
+    """
+    An endpoint's health changed.
+    """
+
+    panic_changed: "PanicChanged | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, optional=True, group="change"
+    )
+    """
+    A cluster entered or left panic mode.
+    """
+
+    fallback_used: "FallbackUsed | None" = betterproto2.field(
+        10, betterproto2.TYPE_MESSAGE, optional=True, group="change"
+    )
+    """
+    A fallback answered for a route.
+    """
+
     @model_validator(mode="after")
     def check_oneof(cls, values):
         return cls._validate_field_groups(values)
@@ -669,6 +1340,147 @@ default_message_pool.register_message("sidecar.admin.v1", "StatusSnapshot", Stat
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class TripBreakerRequest(betterproto2.Message):
+    """
+    Request of TripBreaker.
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    Cluster of the endpoint. Required.
+    """
+
+    id: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    Id of the endpoint. Required.
+    """
+
+    duration: "datetime.timedelta | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    How long the breaker stays OPEN before it lets probes through, exactly. If not
+    specified, the default is the cluster's open time: its
+    `circuit_breaker.open_duration`, doubled for each failed probe, with jitter.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "TripBreakerRequest", TripBreakerRequest)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class TripBreakerResponse(betterproto2.Message):
+    """
+    Response of TripBreaker.
+    """
+
+    endpoint: "Endpoint | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The endpoint with its breaker OPEN.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "TripBreakerResponse", TripBreakerResponse
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class UpdateEndpointRequest(betterproto2.Message):
+    """
+    Request of UpdateEndpoint.
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    Cluster of the endpoint. Required.
+    """
+
+    id: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    Id of the endpoint. Required.
+    """
+
+    weight: "typing.Annotated[int, pydantic.Field(ge=0, le=2**32 - 1)] | None" = betterproto2.field(
+        3, betterproto2.TYPE_UINT32, optional=True
+    )
+    """
+    New load-balancing weight, 1 to 1000. Read only if `update_mask` names
+    "weight"; if it is named but not set, the default is 1.
+    """
+
+    status: "EndpointStatus" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: EndpointStatus(0)
+    )
+    """
+    New status: ACTIVE, DISABLED or DRAINING (UNHEALTHY is observed, never set).
+    Read only if `update_mask` names "status"; if it is named but not specified,
+    the default is ACTIVE. It survives config reloads; for an ADMIN endpoint, also
+    restarts.
+    """
+
+    labels: "dict[str, str]" = betterproto2.field(
+        5,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    New labels; they replace all the old ones (empty removes them all). Read only
+    if `update_mask` names "labels".
+    """
+
+    update_mask: "___google__protobuf__.FieldMask | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Which of `weight`, `status` and `labels` to change; "*" means all three. If
+    not specified (no paths), the default is every one of them that is set:
+    `weight` if present, `status` if not UNSPECIFIED, `labels` if not empty. For an
+    endpoint from the configuration file, weight and labels last until the next
+    reload, which sets them from the file again.
+    """
+
+    reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        7, betterproto2.TYPE_STRING
+    )
+    """
+    Why, recorded as the reason of the status change event (if the status changes);
+    at most 256 characters. If not specified, the default is "enabled by admin",
+    "disabled by admin" or "drain started by admin".
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "UpdateEndpointRequest", UpdateEndpointRequest
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class UpdateEndpointResponse(betterproto2.Message):
+    """
+    Response of UpdateEndpoint.
+    """
+
+    endpoint: "Endpoint | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The endpoint after the change.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "UpdateEndpointResponse", UpdateEndpointResponse
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class WatchStatusRequest(betterproto2.Message):
     """
     Request of WatchStatus.
@@ -678,7 +1490,8 @@ class WatchStatusRequest(betterproto2.Message):
         1, betterproto2.TYPE_STRING
     )
     """
-    Only endpoints of this cluster (config events are always sent). If not
+    Only endpoints and events of this cluster: its endpoints' changes, its panic
+    mode and its routes' fallbacks (config events are always sent). If not
     specified, every cluster.
     """
 
@@ -809,6 +1622,78 @@ class AdminServiceStub:
             "/sidecar.admin.v1.AdminService/GetConfig",
             GetConfigRequest.SerializeToString,
             GetConfigResponse.FromString,
+        )(message)
+
+    def update_endpoint(self, message: "UpdateEndpointRequest") -> "UpdateEndpointResponse":
+        """
+        Changes an endpoint's weight, status or labels: the fields named in
+        `update_mask`, all validated before any is changed. Errors: INVALID_ARGUMENT
+        (empty cluster or id, unknown mask path, bad weight, status or labels),
+        NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/UpdateEndpoint",
+            UpdateEndpointRequest.SerializeToString,
+            UpdateEndpointResponse.FromString,
+        )(message)
+
+    def trip_breaker(self, message: "TripBreakerRequest") -> "TripBreakerResponse":
+        """
+        Opens an endpoint's circuit breaker now, so it takes no new requests until the
+        open time has passed; from OPEN too (the open time starts again). Errors:
+        INVALID_ARGUMENT (empty cluster or id, duration not positive), NOT_FOUND,
+        FAILED_PRECONDITION when the cluster's circuit breaker is disabled.
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/TripBreaker",
+            TripBreakerRequest.SerializeToString,
+            TripBreakerResponse.FromString,
+        )(message)
+
+    def reset_breaker(self, message: "ResetBreakerRequest") -> "ResetBreakerResponse":
+        """
+        Closes an endpoint's circuit breaker now and forgets its failures; from CLOSED
+        too. Errors: INVALID_ARGUMENT (empty cluster or id), NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/ResetBreaker",
+            ResetBreakerRequest.SerializeToString,
+            ResetBreakerResponse.FromString,
+        )(message)
+
+    def check_endpoint_health(
+        self, message: "CheckEndpointHealthRequest"
+    ) -> "CheckEndpointHealthResponse":
+        """
+        Runs one active health check of an endpoint now, as the scheduled checks do,
+        and returns its result. Errors: INVALID_ARGUMENT (empty cluster or id),
+        NOT_FOUND, FAILED_PRECONDITION when the cluster has no active health checks.
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/CheckEndpointHealth",
+            CheckEndpointHealthRequest.SerializeToString,
+            CheckEndpointHealthResponse.FromString,
+        )(message)
+
+    def resolve_route(self, message: "ResolveRouteRequest") -> "ResolveRouteResponse":
+        """
+        Says where a request would go, for debugging: its route, cluster and upstream
+        path, and the cluster's endpoints with whether each may take it. Sends
+        nothing and changes nothing. Errors: INVALID_ARGUMENT (a path that is not
+        absolute, a malformed method or host), NOT_FOUND when no route matches (the
+        data plane answers 404), FAILED_PRECONDITION when routes match the host and
+        path but none allows the method (the data plane answers 405; the message lists
+        the allowed methods).
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/ResolveRoute",
+            ResolveRouteRequest.SerializeToString,
+            ResolveRouteResponse.FromString,
         )(message)
 
 
