@@ -52,6 +52,7 @@ class Sidecar:
         self.metrics.registry = self.registry
         #: Active health checks; follows registrations and reloads through the bus.
         self.checker = HealthChecker(self.registry)
+        self.metrics.checker = self.checker
         self.state = "starting"
         self.proxy: Proxy | None = None
         self.ports: dict[str, int] = {}

@@ -226,7 +226,7 @@ class ResponseCache:
     """
 
     __slots__ = ("_clock", "_entries", "_max_entries", "_max_body", "_max_age", "size",
-                 "evictions")
+                 "evictions", "config")
 
     def __init__(self, config: CacheFallbackConfig, clock: Clock) -> None:
         self._clock = clock
@@ -242,6 +242,7 @@ class ResponseCache:
 
     def update_config(self, config: CacheFallbackConfig) -> None:
         """Take new bounds; entries over them are dropped now, so memory stays bounded."""
+        self.config = config
         self._max_entries = config.max_entries
         self._max_body = config.max_body_bytes
         self._max_age = config.max_age

@@ -16,9 +16,13 @@ Theory of operation
   fewer than `panic_threshold` of the ACTIVE hosts pass their checks, the checks
   are ignored for the cluster (they may be what is broken). Open breakers are never
   ignored: they saw real traffic fail.
-* Time moves breakers from OPEN to HALF_OPEN. There are no timers: `wake_at` is the
-  earliest time an open breaker may half-open, and `pick(now)` rebuilds once that
-  time has passed, one float comparison per request otherwise.
+* Time moves breakers from OPEN to HALF_OPEN, and slow start ramps weights. There
+  are no timers: `wake_at` is the earliest time an open breaker may half-open or a
+  ramp takes its next step, and `pick(now)` rebuilds once that time has passed, one
+  float comparison per request otherwise.
+* **Slow start** (`slow_start`): a host that just became usable (added, healthy
+  again, breaker closed, re-enabled) gets a weight ramping from 10 % to 100 % of
+  its own over that time, in ten steps, like HAProxy's `slowstart`.
 * Everything that changes what a host is (a breaker transition, a health change,
   panic entered or left, the API status) is reported as data, a `HostEvent`, to the
   set's `listener` (the registry publishes them on the event bus). This module
@@ -95,7 +99,8 @@ class HostEvent:
 class Host:
     """One endpoint at run time. The data plane writes `active_requests` and `pool`."""
 
-    __slots__ = ("cluster", "id", "address", "weight", "operator", "active_requests", "pool",
+    __slots__ = ("cluster", "id", "address", "base_weight", "_lb_weight", "usable_since",
+                 "operator", "active_requests", "pool",
                  "breaker", "health", "usable", "requests", "failures", "_status")
 
     def __init__(self, cluster: str, endpoint_id: str, address: UpstreamAddress, weight: int,
@@ -104,7 +109,11 @@ class Host:
         self.cluster = cluster
         self.id = endpoint_id
         self.address = address
-        self.weight = weight
+        #: The configured weight; `weight` is what the balancer uses (less while the
+        #: host is in slow start).
+        self.base_weight = self._lb_weight = weight
+        #: When the host last became usable (monotonic), for slow start.
+        self.usable_since = 0.0
         self.operator = operator
         self.active_requests = 0
         #: The endpoint's connection pool, made by the data plane on first use.
@@ -118,6 +127,16 @@ class Host:
         self.requests = 0
         self.failures = 0
         self._status: EndpointStatus | None = None  # until its set first rebuilds
+
+    @property
+    def weight(self) -> int:
+        """The weight the balancer uses: the configured one, scaled during slow start."""
+        return self._lb_weight
+
+    @weight.setter
+    def weight(self, value: int) -> None:
+        """Set the configured weight (the next `HostSet.rebuild` applies slow start)."""
+        self.base_weight = self._lb_weight = value
 
     @property
     def status(self) -> EndpointStatus:
@@ -239,7 +258,9 @@ class HostSet:
                 panic=panic))
         wake_at = math.inf
         usable = []
+        now = self._clock.now()
         for host in hosts:
+            was_usable = host.usable
             breaker = host.breaker
             if breaker.state is BreakerState.OPEN:
                 wake_at = min(wake_at, breaker.open_until)
@@ -249,6 +270,8 @@ class HostSet:
                 ok = panic or health is None or health.usable
             host.usable = ok and host.operator is OperatorStatus.ACTIVE
             if host.usable:
+                if not was_usable:
+                    host.usable_since = now
                 usable.append(host)
             status = (EndpointStatus(host.operator) if host.operator is not OperatorStatus.ACTIVE
                       else EndpointStatus.ACTIVE if ok else EndpointStatus.UNHEALTHY)
@@ -258,15 +281,37 @@ class HostSet:
                     self._emit(HostEvent(HostEventKind.STATUS, self.name, host,
                                          host.observed_reason or reason,
                                          previous_status=previous))
+        ramp_step = self._slow_start(usable, now)
+        if ramp_step:
+            wake_at = min(wake_at, now + ramp_step)
         self.usable = tuple(usable)
         self.wake_at = wake_at
+
+    def _slow_start(self, usable: list[Host], now: float) -> float:
+        """Weights for slow start: a host usable for less than `slow_start` gets a weight
+        ramping linearly from 10 % to 100 % of its own. While any host ramps, every
+        weight is scaled by 10 so that a weight-1 host can have a tenth of its share.
+        Returns the time to the next step of the ramp (0: nobody ramps)."""
+        window = self.settings.slow_start
+        ramping = window is not None and any(
+            now - h.usable_since < window for h in usable)
+        if not ramping:
+            for host in usable:
+                host._lb_weight = host.base_weight
+            return 0.0
+        assert window is not None
+        for host in usable:
+            elapsed = now - host.usable_since
+            share = 1.0 if elapsed >= window else 0.1 + 0.9 * elapsed / window
+            host._lb_weight = max(1, round(host.base_weight * 10 * share))
+        return window / 10  # the ramp moves in ten steps
 
     def pick(self, now: float, exclude: Sequence[Host] = ()) -> Host | None:
         """The host for the next attempt, its breaker's permission taken (a HALF_OPEN
         breaker admits only so many probes). Hosts in `exclude` (tried already) only
         when nothing else is usable."""
         if now >= self.wake_at:
-            self._wake()
+            self._wake()  # a breaker's open time passed, or a slow-start step
         usable = self.usable
         if exclude and len(usable) > len(exclude):
             others = tuple(h for h in usable if h not in exclude)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sidecar.config.model import UpstreamTLS
 from sidecar.core.addresses import UpstreamAddress
@@ -100,7 +100,8 @@ class UpstreamPool:
 
     async def request(self, head: bytes, body: bytes | AsyncIterator[bytes] | None = None, *,
                       chunked: bool = False, head_request: bool = False,
-                      fresh: bool = False) -> UpstreamResponse:
+                      fresh: bool = False,
+                      connected: Callable[[], None] | None = None) -> UpstreamResponse:
         """Send ``head`` (and ``body``) and return the response once its head is parsed.
 
         Raises UpstreamConnectError (the request never left), StaleConnection (a reused
@@ -108,12 +109,16 @@ class UpstreamPool:
         UpstreamReset or UpstreamProtocolError (also when the framing breaks in the
         same read as the head: the caller has not committed to anything yet).
         ``fresh``: open a new connection instead of reusing an idle one.
+        ``connected``: called once a new connection is open (not for a reused one):
+        the caller's "waiting for a connection" is over.
         A streamed ``body`` stops being pulled once a final response arrives (e.g. an
         early 413); closing the iterator is the caller's business.
         """
         conn = None if fresh else self._checkout()
         if conn is None:
             conn = await self._connect()
+            if connected is not None:
+                connected()
         return await conn.roundtrip(head, body, chunked, head_request)
 
     def close(self) -> None:

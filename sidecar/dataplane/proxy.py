@@ -33,6 +33,16 @@ from aiohttp.web_request import BaseRequest
 
 from sidecar.config.model import ClusterSettings, SidecarConfig
 from sidecar.core.clock import Clock, SystemClock
+from sidecar.core.fallback import (
+    CACHE,
+    CLUSTER,
+    NO_HEALTHY_ENDPOINT,
+    OVERFLOW,
+    STATIC,
+    FallbackPlan,
+    ResponseCache,
+    fallback_header,
+)
 from sidecar.core.headers import (
     build_request_head,
     build_response_head,
@@ -40,8 +50,11 @@ from sidecar.core.headers import (
     valid_request_id,
 )
 from sidecar.core.hosts import Host
+from sidecar.core.limits import MAX_PENDING, ClusterLimits
 from sidecar.core.retry import (
     CONNECT_FAILURE,
+    GATEWAY_ERROR,
+    IDEMPOTENT_METHODS,
     RESET,
     STALE,
     TIMEOUT,
@@ -50,6 +63,7 @@ from sidecar.core.retry import (
     RetryDecision,
     RetryPolicy,
     classify_status,
+    replay_refusal,
 )
 from sidecar.core.routing import Route, RouteMatch, RouteTable, normalize_path
 from sidecar.dataplane.body import BUFFER_REQUEST_BODY, RequestBody
@@ -68,9 +82,10 @@ from sidecar.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from sidecar.events import EventKind
 from sidecar.observe.logs import access_logger, request_id_var
 from sidecar.observe.metrics import Metrics
-from sidecar.registry import Registry
+from sidecar.registry import ClusterMembers, Registry
 
 __all__ = ["DataPlaneState", "Proxy", "ProxyResponse", "error_response"]
 
@@ -86,6 +101,16 @@ _UPSTREAM_ERROR_KIND: dict[type[ProxyError], str] = {
 _ERROR_METRIC_KIND = {CONNECT_FAILURE: "connect", RESET: "reset", TIMEOUT: "timeout",
                       STALE: "stale"}
 _NO_BODY = RequestBody()
+_GATEWAY_STATUSES = frozenset({502, 503, 504})
+# Why a request may get its route's fallback (sidecar.core.fallback), by the error the
+# cluster ended with: it could not serve, or its last try failed to connect or ended
+# in a gateway error (502 for a reset or a malformed answer, 504 for a timeout).
+_FALLBACK_REASONS: dict[type[ProxyError], str] = {
+    NoHealthyEndpoint: NO_HEALTHY_ENDPOINT, Overflow: OVERFLOW,
+    UpstreamConnectError: CONNECT_FAILURE, UpstreamReset: GATEWAY_ERROR,
+    UpstreamProtocolError: GATEWAY_ERROR, UpstreamTimeout: GATEWAY_ERROR}
+_FALLBACK_FIELDS = {kind: b"%s: %s\r\n" % fallback_header(kind)
+                    for kind in (CACHE, CLUSTER, STATIC)}
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -137,6 +162,29 @@ class ProxyResponse(web.StreamResponse):
         await super().write_eof(data)
 
 
+class _Pending:
+    """A try waiting for a new connection: leaves `max_pending` once, when connected
+    or when the try ends."""
+
+    __slots__ = ("_limits",)
+
+    def __init__(self, limits: ClusterLimits) -> None:
+        self._limits: ClusterLimits | None = limits
+
+    def __call__(self) -> None:
+        limits, self._limits = self._limits, None
+        if limits is not None:
+            limits.pending_exit()
+
+
+class _GatewayAnswer(Exception):
+    """The upstream's own final 502/503/504, held back while a fallback is tried."""
+
+    def __init__(self, upstream: UpstreamResponse, host: Host) -> None:
+        self.upstream = upstream
+        self.host = host
+
+
 class _AttemptFailed(Exception):
     """One try failed before its response head: `kind` is a sidecar.core.retry failure
     kind, `error` what the client gets if no retry follows."""
@@ -181,6 +229,7 @@ class DataPlaneState:
     routes: RouteTable
     rng: random.Random = field(default_factory=random.Random)
     _policies: dict[tuple[str, str], RetryPolicy] = field(default_factory=dict)
+    _fallbacks: dict[str, FallbackPlan] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: SidecarConfig, registry: Registry) -> DataPlaneState:
@@ -188,6 +237,13 @@ class DataPlaneState:
         routes = RouteTable(config.routes, config.listener.orchestrator_prefix,
                             clusters.__contains__)
         return cls(config, routes)
+
+    def fallback_plan(self, route: Route) -> FallbackPlan:
+        """The route's fallbacks in order (made once per route and configuration)."""
+        plan = self._fallbacks.get(route.name)
+        if plan is None:
+            plan = self._fallbacks[route.name] = FallbackPlan(route.fallback)
+        return plan
 
     def retry_policy(self, route: Route, settings: ClusterSettings) -> RetryPolicy:
         """The route's retry policy: its own `retry`, else its cluster's (made once per
@@ -225,6 +281,11 @@ class Proxy:
         self.state = state
         self.access_log = state.config.logging.access_log
         self._proto = proto
+        self._clock_source: Clock = clock or SystemClock()
+        #: Last good answers of routes with a cache fallback, by route name.
+        self._caches: dict[str, ResponseCache] = {}
+        #: Routes answered by a fallback since their cluster last answered.
+        self._falling_back: set[str] = set()
         # The system clock's own builtin on the hot path: a bound method costs a frame.
         self._clock: Callable[[], float] = (
             time.monotonic if clock is None or isinstance(clock, SystemClock) else clock.now)
@@ -334,15 +395,140 @@ class Proxy:
 
     async def _forward(self, request: BaseRequest, state: DataPlaneState, match: RouteMatch,
                        rid: bytes, version: bytes) -> web.StreamResponse:
-        """Route -> admit -> attempt loop -> respond.
+        """The route's cluster answers (`_serve`); when it cannot, the route's fallback
+        may (`_fall_back`): the last good answer, another cluster, or a static one."""
+        members = self.registry.clusters.get(match.cluster)
+        if members is None:
+            raise NoRoute()
+        route = match.route
+        policy = state.retry_policy(route, members.settings)
+        body = await self._request_body(request, policy.config.retry_buffer_bytes)
+        if route.fallback is None:
+            return await self._serve(request, match, members, policy, body, rid, version)
+        plan = state.fallback_plan(route)
+        cache = self._cache(route)
+        key = (route.name, request.headers.get("Host", ""), match.target)
+        store = None
+        if cache is not None and plan.caches(request.method, 200):
+            def store(upstream: UpstreamResponse, answer: bytes) -> None:
+                cache.store(key, upstream.status, tuple(upstream.headers), answer)
+        held: _GatewayAnswer | None = None
+        failure: ProxyError | None = None
+        try:
+            response = await self._serve(request, match, members, policy, body, rid, version,
+                                         gateway_fallback=True, store=store)
+            self._falling_back.discard(route.name)  # the cluster answers again
+            return response
+        except _GatewayAnswer as answer:  # the upstream's own 502/503/504, held back
+            held, reason = answer, GATEWAY_ERROR
+        except ProxyError as error:
+            reason = _FALLBACK_REASONS.get(type(error), "")
+            if not reason:
+                raise
+            failure = error
+        fallback = await self._fall_back(request, state, match, plan, cache, key, body,
+                                         reason, rid, version)
+        if fallback is not None:
+            if held is not None:
+                held.upstream.abort()
+            return fallback
+        if held is not None:
+            return await self._respond_upstream(request, held.upstream, held.host, rid,
+                                                version, match.cluster)
+        assert failure is not None
+        raise failure
+
+    async def _fall_back(self, request: BaseRequest, state: DataPlaneState, match: RouteMatch,
+                         plan: FallbackPlan, cache: ResponseCache | None, key: tuple[str, ...],
+                         body: RequestBody, reason: str, rid: bytes,
+                         version: bytes) -> web.StreamResponse | None:
+        """The first of the route's fallbacks that answers, or None."""
+        route = match.route
+        method = request.method
+        sent = reason == GATEWAY_ERROR  # the others never reached an application
+        can_resend = replay_refusal(idempotent=method in IDEMPOTENT_METHODS, sent=sent,
+                                    allow_non_idempotent=route.retry_non_idempotent,
+                                    body=body.state) is None
+        for kind in plan.choose(method, can_resend=can_resend):
+            response: web.StreamResponse | None = None
+            if kind == CACHE:
+                entry = cache.lookup(key) if cache is not None else None
+                if entry is not None:
+                    response = self._fixed(request, entry.status, entry.headers, entry.body,
+                                           CACHE, rid, version)
+            elif kind == CLUSTER:
+                response = await self._serve_fallback_cluster(request, state, match, plan,
+                                                              body, rid, version)
+            elif plan.static is not None:
+                static = plan.static
+                response = self._fixed(request, static.status, static.headers, static.body,
+                                       STATIC, rid, version)
+            if response is not None:
+                self._fell_back(route.name, match.cluster, kind, reason)
+                return response
+        return None
+
+    async def _serve_fallback_cluster(self, request: BaseRequest, state: DataPlaneState,
+                                      match: RouteMatch, plan: FallbackPlan, body: RequestBody,
+                                      rid: bytes, version: bytes) -> web.StreamResponse | None:
+        other = self.registry.clusters.get(plan.cluster or "")
+        if other is None:
+            return None  # a registered cluster that has gone since the config was loaded
+        policy = state.retry_policy(match.route, other.settings)
+        try:
+            return await self._serve(request, RouteMatch(match.route, other.name, match.target),
+                                     other, policy, body, rid, version,
+                                     extra=_FALLBACK_FIELDS[CLUSTER])
+        except ProxyError:
+            return None  # a fallback does not fall back again; the next kind may answer
+
+    def _fell_back(self, route: str, cluster: str, kind: str, reason: str) -> None:
+        self.metrics.fallback(route, kind)
+        # An event when a route starts falling back, not for every request: watchers
+        # see the activation, and a busy route cannot flood them.
+        if route not in self._falling_back:
+            self._falling_back.add(route)
+            self.registry.bus.publish(EventKind.FALLBACK_USED, route=route, cluster=cluster,
+                                      fallback=kind, reason=reason)
+
+    def _fixed(self, request: BaseRequest, status: int, headers: tuple[tuple[bytes, bytes], ...],
+               body: bytes, kind: str, rid: bytes, version: bytes) -> ProxyResponse:
+        """A fallback answer the sidecar makes (cache or static), marked as one."""
+        keep_alive = request.keep_alive and not request._message.upgrade
+        no_body = request.method == "HEAD"
+        framing = (b"Content-Length: %d\r\n" % len(body) + _FALLBACK_FIELDS[kind]
+                   + _connection_field(keep_alive, version))
+        head = build_response_head(version, status, b"", headers, framing=framing,
+                                   request_id=rid)
+        return ProxyResponse(status, head, length=len(body), chunked=False,
+                             body=b"" if no_body else body, keep_alive=keep_alive)
+
+    def _cache(self, route: Route) -> ResponseCache | None:
+        """The route's last-good-answer cache; kept across reloads while the route keeps
+        a cache fallback, with the new bounds."""
+        config = route.fallback.cache if route.fallback is not None else None
+        if config is None:
+            return None
+        cache = self._caches.get(route.name)
+        if cache is None:
+            cache = self._caches[route.name] = ResponseCache(config, self._clock_source)
+        elif cache.config is not config:
+            cache.update_config(config)
+        return cache
+
+    async def _serve(self, request: BaseRequest, match: RouteMatch, members: ClusterMembers,
+                     policy: RetryPolicy, body: RequestBody, rid: bytes, version: bytes, *,
+                     gateway_fallback: bool = False,
+                     store: Callable[[UpstreamResponse, bytes], None] | None = None,
+                     extra: bytes = b"") -> web.StreamResponse:
+        """Admit -> attempt loop -> respond, on one cluster.
 
         The decisions are the core's: `HostSet.pick` (usable hosts, breakers),
         `ClusterLimits` (admission), `AttemptPlan.decide` (retry or not, backoff,
-        budget, the body replay rule). This method only performs them."""
-        cluster_name = match.cluster
-        members = self.registry.clusters.get(cluster_name)
-        if members is None:
-            raise NoRoute()
+        budget, the body replay rule). This method only performs them.
+        `gateway_fallback`: a final 502/503/504 answer is raised as `_GatewayAnswer`
+        (held, not sent) so that a fallback may answer instead."""
+        cluster_name = members.name
         hosts = members.hosts
         limits = hosts.limits
         over = limits.try_admit()
@@ -353,8 +539,6 @@ class Proxy:
         deadline = self._deadlines.add(match.route.timeout or settings.timeout)
         plan: AttemptPlan | None = None
         try:
-            policy = state.retry_policy(match.route, settings)
-            body = await self._request_body(request, policy.config.retry_buffer_bytes)
             method = request.method
             head_request = method == "HEAD"
             exclude: tuple[Host, ...] = ()
@@ -368,11 +552,14 @@ class Proxy:
                 upstream: UpstreamResponse | None = None
                 host.active_requests += 1
                 try:
-                    upstream = await self._attempt(host, settings, head, body.for_try(),
+                    upstream = await self._attempt(host, members, head, body.for_try(),
                                                    request, head_request, fresh, policy)
                 except _AttemptFailed as failed:
                     kind = failed.kind
                     error = failed.error
+                except BaseException:
+                    hosts.release(host)  # no outcome (cancelled, refused): free its probe
+                    raise
                 finally:
                     host.active_requests -= 1
                 if upstream is not None:
@@ -384,8 +571,8 @@ class Proxy:
                             hosts.on_failure(host, failure)
                         else:
                             hosts.on_success(host)
-                        return await self._respond_upstream(request, upstream, host, rid,
-                                                            version, cluster_name)
+                        return await self._final(request, upstream, host, rid, version,
+                                                 cluster_name, gateway_fallback, store, extra)
                     hosts.on_failure(host, failure)
                     if plan is None:
                         plan = policy.plan(method, hosts.budget)
@@ -393,8 +580,8 @@ class Proxy:
                                            endpoint=host, active_requests=limits.active)
                     if not decision.retry:
                         self._note_refusal(cluster_name, decision)
-                        return await self._respond_upstream(request, upstream, host, rid,
-                                                            version, cluster_name)
+                        return await self._final(request, upstream, host, rid, version,
+                                                 cluster_name, gateway_fallback, store, extra)
                     upstream.abort()  # a retriable failure: its body is not wanted
                 else:
                     if kind != STALE:
@@ -430,18 +617,28 @@ class Proxy:
                 plan.finish()
             limits.done()
 
-    async def _attempt(self, host: Host, settings: ClusterSettings, head: bytes,
+    async def _attempt(self, host: Host, members: ClusterMembers, head: bytes,
                        body: bytes | AsyncIterator[bytes] | None, request: BaseRequest,
                        head_request: bool, fresh: bool, policy: RetryPolicy
                        ) -> UpstreamResponse:
         """One try on one host: its response once the head is in, or `_AttemptFailed`
-        saying what went wrong. A `per_try_timeout` bounds the try alone."""
-        pool = cast(UpstreamPool | None, host.pool) or self._pool(host, settings)
+        saying what went wrong. A `per_try_timeout` bounds the try alone. A try that
+        must open a connection waits as one of the cluster's `max_pending`; over
+        that limit it is refused at once (`Overflow`)."""
+        pool = cast(UpstreamPool | None, host.pool) or self._pool(host, members.settings)
+        waiting: _Pending | None = None
+        if fresh or pool.idle_count == 0:
+            limits = members.hosts.limits
+            if not limits.pending_enter():
+                self.metrics.overflow(members.name, MAX_PENDING)
+                raise Overflow(MAX_PENDING)
+            waiting = _Pending(limits)
         per_try = policy.config.per_try_timeout
         try_deadline = self._deadlines.add(per_try) if per_try is not None else None
         try:
             return await pool.request(head, body, chunked=request._message.chunked,
-                                      head_request=head_request, fresh=fresh)
+                                      head_request=head_request, fresh=fresh,
+                                      connected=waiting)
         except StaleConnection as exc:
             raise _AttemptFailed(STALE, exc) from None
         except UpstreamConnectError as exc:
@@ -456,6 +653,8 @@ class Proxy:
         finally:
             if try_deadline is not None:
                 self._deadlines.remove(try_deadline)
+            if waiting is not None:
+                waiting()
 
     async def _request_body(self, request: BaseRequest, keep_bytes: int) -> RequestBody:
         length = request.content_length
@@ -487,14 +686,27 @@ class Proxy:
         if decision.reason == NoRetry.BUDGET_EXHAUSTED:
             self.metrics.retry_refused(cluster, decision.reason)
 
+    async def _final(self, request: BaseRequest, upstream: UpstreamResponse, host: Host,
+                     rid: bytes, version: bytes, cluster_name: str, gateway_fallback: bool,
+                     store: Callable[[UpstreamResponse, bytes], None] | None,
+                     extra: bytes) -> web.StreamResponse:
+        """The answer that stands: sent, unless a fallback may replace a gateway error."""
+        if gateway_fallback and upstream.status in _GATEWAY_STATUSES:
+            raise _GatewayAnswer(upstream, host)
+        return await self._respond_upstream(request, upstream, host, rid, version,
+                                            cluster_name, store, extra)
+
     async def _respond_upstream(self, request: BaseRequest, upstream: UpstreamResponse,
-                                host: Host, rid: bytes, version: bytes,
-                                cluster_name: str) -> web.StreamResponse:
+                                host: Host, rid: bytes, version: bytes, cluster_name: str,
+                                store: Callable[[UpstreamResponse, bytes], None] | None = None,
+                                extra: bytes = b"") -> web.StreamResponse:
         host.active_requests += 1  # the body is still flowing from this host
         try:
             if upstream.complete:  # the usual small response, already all here
-                return self._whole(request, upstream, upstream.body(), rid, version)
-            return await self._respond(request, upstream, rid, version, cluster_name)
+                return self._whole(request, upstream, upstream.body(), rid, version, store,
+                                   extra)
+            return await self._respond(request, upstream, rid, version, cluster_name, store,
+                                       extra)
         except BaseException:
             upstream.abort()
             raise
@@ -503,13 +715,17 @@ class Proxy:
 
     @staticmethod
     def _whole(request: BaseRequest, upstream: UpstreamResponse, body: bytes, rid: bytes,
-               version: bytes) -> ProxyResponse:
+               version: bytes,
+               store: Callable[[UpstreamResponse, bytes], None] | None = None,
+               extra: bytes = b"") -> ProxyResponse:
         """The response with its whole body: head and body go out in one write."""
         upstream.release()
         status = upstream.status
+        if store is not None and status == 200:
+            store(upstream, body)
         keep_alive = request.keep_alive and not request._message.upgrade
         no_body = status in (204, 304) or status < 200 or request.method == "HEAD"
-        framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body))
+        framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body)) + extra
                    + _connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
                                    framing=framing, request_id=rid, keep_content_length=no_body)
@@ -517,7 +733,9 @@ class Proxy:
                              keep_alive=keep_alive)
 
     async def _respond(self, request: BaseRequest, upstream: UpstreamResponse, rid: bytes,
-                       version: bytes, cluster_name: str) -> web.StreamResponse:
+                       version: bytes, cluster_name: str,
+                       store: Callable[[UpstreamResponse, bytes], None] | None = None,
+                       extra: bytes = b"") -> web.StreamResponse:
         """A response whose body is still arriving."""
         length = upstream.content_length
         if length is not None and length <= BUFFER_RESPONSE_BODY:
@@ -526,14 +744,15 @@ class Proxy:
             parts = []
             while chunk := await upstream.read():
                 parts.append(chunk)
-            return self._whole(request, upstream, b"".join(parts), rid, version)
+            return self._whole(request, upstream, b"".join(parts), rid, version, store, extra)
         status = upstream.status
         keep_alive = request.keep_alive and not request._message.upgrade
         chunked = length is None and version == b"1.1"
         if length is None and not chunked:
             keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
         framing = ((b"Content-Length: %d\r\n" % length if length is not None
-                    else _CHUNKED if chunked else b"") + _connection_field(keep_alive, version))
+                    else _CHUNKED if chunked else b"") + extra
+                   + _connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
                                    framing=framing, request_id=rid)
         response = ProxyResponse(status, head, length=length, chunked=chunked,

@@ -12,36 +12,52 @@ Exposed (all prefixed `sidecar_`):
 * `request_duration_seconds{route,cluster}`: histogram, first byte in to last byte out.
 * `active_requests`: requests in flight on the listener.
 * `upstream_errors_total{cluster,kind}`: failed upstream tries; kind is connect, reset,
-  timeout, stale (a pooled connection the upstream had closed; replayed for free).
+  timeout, protocol, stale (a pooled connection the upstream had closed; replayed for free).
 * `retries_total{cluster,reason}`: retries made, by the failure retried.
 * `retries_refused_total{cluster,reason}`: retries not made because the budget was spent.
 * `overflows_total{cluster,limit}`: requests refused by max_requests / max_pending.
-* `breaker_state{cluster,endpoint,state}`: 1 for the state each endpoint's breaker is in.
 * `breaker_transitions_total{cluster,state}`: breaker transitions, by the state entered.
+* `fallbacks_total{route,kind}`: answers given by a fallback; kind is cache, cluster, static.
+
+From the registry (`registry`, read when scraped):
+
+* `breaker_state{cluster,endpoint,state}`: 1 for the state each endpoint's breaker is in.
 * `panic_mode{cluster}`: 1 while a cluster ignores its failing health checks.
 * `endpoints{cluster,status}`: endpoints per cluster and status.
-* `config_info{version,source}`, `config_loads_total{result}`,
-  `config_last_load_timestamp_seconds`.
+* `cluster_active_requests{cluster}`, `cluster_pending_requests{cluster}`: the cluster
+  limits' gauges (admitted requests in flight; those waiting for a connection).
+* `retry_budget_in_flight{cluster}`: retries holding a slot of the cluster's retry budget.
+* `config_info{version,source}`.
+
+From the health checker (`checker`, read when scraped), for every cluster checked now
+or ever (every result appears, 0 until seen):
+
+* `health_checks_total{cluster,result}`: active checks; result is passed, failed,
+  timeout, error (`sidecar.dataplane.checker.RESULTS`).
+* `health_check_duration_seconds{cluster}`: summary (`_sum`, `_count`) of check latency.
+
+And `config_loads_total{result}`, `config_last_load_timestamp_seconds`.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from sidecar.registry import Registry
 
-__all__ = ["DURATION_BUCKETS", "Metrics", "RequestStats"]
+__all__ = ["DURATION_BUCKETS", "CheckCounters", "Metrics", "RequestStats"]
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                     5.0, 10.0, 30.0)
@@ -64,6 +80,22 @@ class RequestStats:
         self.total_seconds += seconds
 
 
+class CheckCounters(Protocol):
+    """What the collector reads of the health checker (`HealthChecker` has these)."""
+
+    @property
+    def checks(self) -> Mapping[tuple[str, str], int]:
+        """(cluster, result) -> checks done."""
+
+    @property
+    def latency_sum(self) -> Mapping[str, float]:
+        """cluster -> seconds spent in checks."""
+
+    @property
+    def latency_count(self) -> Mapping[str, int]:
+        """cluster -> checks timed."""
+
+
 class Metrics(Collector):
     """All of the sidecar's metrics; register it in a CollectorRegistry to expose them."""
 
@@ -75,9 +107,12 @@ class Metrics(Collector):
         self.retries_refused: dict[tuple[str, str], int] = {}
         self.overflows: dict[tuple[str, str], int] = {}
         self.breaker_transitions: dict[tuple[str, str], int] = {}
+        self.fallbacks: dict[tuple[str, str], int] = {}
         self.config_loads = {"success": 0, "failure": 0}
         self.config_last_load = 0.0
         self.registry: Registry | None = None
+        #: The active health checker, whose counters are exposed (None: no such families).
+        self.checker: CheckCounters | None = None
 
     def stats(self, route: str, cluster: str) -> RequestStats:
         key = (route, cluster)
@@ -105,6 +140,11 @@ class Metrics(Collector):
     def breaker_transition(self, cluster: str, state: str) -> None:
         key = (cluster, state)
         self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
+
+    def fallback(self, route: str, kind: str) -> None:
+        """A fallback (`kind`: cache, cluster, static) answered a request of `route`."""
+        key = (route, kind)
+        self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
 
     def config_loaded(self, ok: bool, when: float) -> None:
         self.config_loads["success" if ok else "failure"] += 1
@@ -151,6 +191,12 @@ class Metrics(Collector):
             for (cluster, value), count in sorted(counts.items()):
                 family.add_metric([cluster, value], count)
             yield family
+        fallbacks = CounterMetricFamily("sidecar_fallbacks", "Answers given by a fallback, by "
+                                        "route and kind (cache, cluster, static).",
+                                        labels=["route", "kind"])
+        for (route, kind), count in sorted(self.fallbacks.items()):
+            fallbacks.add_metric([route, kind], count)
+        yield fallbacks
         loads = CounterMetricFamily("sidecar_config_loads", "Configuration loads, by result.",
                                     labels=["result"])
         for result, count in sorted(self.config_loads.items()):
@@ -161,6 +207,8 @@ class Metrics(Collector):
                                 value=self.config_last_load)
         if self.registry is not None:
             yield from self._collect_registry(self.registry)
+        if self.checker is not None:
+            yield from self._collect_checks(self.checker, self.registry)
 
     def _collect_registry(self, registry: Registry) -> Iterator[Metric]:
         from sidecar.core.breaker import BreakerState
@@ -174,6 +222,15 @@ class Metrics(Collector):
         panic = GaugeMetricFamily("sidecar_panic_mode", "1 while the cluster ignores its "
                                   "failing health checks (too few endpoints pass).",
                                   labels=["cluster"])
+        active = GaugeMetricFamily("sidecar_cluster_active_requests", "Requests admitted to "
+                                   "the cluster and not finished (its max_requests gauge).",
+                                   labels=["cluster"])
+        pending = GaugeMetricFamily("sidecar_cluster_pending_requests", "Admitted requests "
+                                    "waiting for a connection (its max_pending gauge).",
+                                    labels=["cluster"])
+        budget = GaugeMetricFamily("sidecar_retry_budget_in_flight", "Retries in flight "
+                                   "holding a slot of the cluster's retry budget.",
+                                   labels=["cluster"])
         for name in sorted(registry.clusters):
             members = registry.clusters[name]
             counts = dict.fromkeys(EndpointStatus, 0)
@@ -186,13 +243,45 @@ class Metrics(Collector):
                                         1 if state is current else 0)
             for status, count in counts.items():
                 endpoints.add_metric([name, status.name.lower()], count)
-            panic.add_metric([name], 1 if members.hosts.panic else 0)
+            hosts = members.hosts
+            panic.add_metric([name], 1 if hosts.panic else 0)
+            active.add_metric([name], hosts.limits.active)
+            pending.add_metric([name], hosts.limits.pending)
+            budget.add_metric([name], hosts.budget.retries_in_flight)
         yield endpoints
         yield breakers
         yield panic
+        yield active
+        yield pending
+        yield budget
         info = registry.config_info
         if info is not None:
             config = GaugeMetricFamily("sidecar_config_info", "The serving configuration; "
                                        "value is always 1.", labels=["version", "source"])
             config.add_metric([info.version[:12], info.source], 1)
             yield config
+
+    @staticmethod
+    def _collect_checks(checker: CheckCounters, registry: Registry | None) -> Iterator[Metric]:
+        from sidecar.dataplane.checker import RESULTS
+
+        counts = checker.checks
+        clusters = {cluster for cluster, _ in counts} | set(checker.latency_count)
+        if registry is not None:  # checked clusters show zeros before their first check
+            clusters.update(name for name, members in registry.clusters.items()
+                            if members.hosts.settings.health_check is not None)
+        checks = CounterMetricFamily("sidecar_health_checks", "Active health checks, by "
+                                     "cluster and result (passed, failed, timeout, error).",
+                                     labels=["cluster", "result"])
+        duration = SummaryMetricFamily("sidecar_health_check_duration_seconds", "Time "
+                                       "active health checks took (connect, request, "
+                                       "bounded body read; timeouts included).",
+                                       labels=["cluster"], unit="seconds")
+        results = (*RESULTS, *sorted({r for _, r in counts} - set(RESULTS)))
+        for cluster in sorted(clusters):
+            for result in results:
+                checks.add_metric([cluster, result], counts.get((cluster, result), 0))
+            duration.add_metric([cluster], checker.latency_count.get(cluster, 0),
+                                checker.latency_sum.get(cluster, 0.0))
+        yield checks
+        yield duration

@@ -6,12 +6,16 @@ import math
 import os
 import subprocess
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.config.model import parse_config
 from sidecar.core.clock import FakeClock
+from sidecar.dataplane.checker import RESULTS, HealthChecker
 from sidecar.observe.metrics import DURATION_BUCKETS, Metrics, RequestStats
 from sidecar.registry import ConfigInfo, EndpointStatus, Registry
 
@@ -69,6 +73,7 @@ def test_empty_metrics_expose_every_family() -> None:
         "sidecar_retries_refused_total": "counter",
         "sidecar_overflows_total": "counter",
         "sidecar_breaker_transitions_total": "counter",
+        "sidecar_fallbacks_total": "counter",
         "sidecar_config_loads_total": "counter",
         "sidecar_config_last_load_timestamp_seconds": "gauge",
     }
@@ -251,7 +256,11 @@ def test_config_info_with_short_version() -> None:
 
 def test_no_registry_no_endpoint_families() -> None:
     text = scrape(Metrics())
-    assert "sidecar_endpoints" not in text and "sidecar_config_info" not in text
+    for family in ("sidecar_endpoints", "sidecar_config_info", "sidecar_breaker_state",
+                   "sidecar_panic_mode", "sidecar_cluster_active_requests",
+                   "sidecar_cluster_pending_requests", "sidecar_retry_budget_in_flight",
+                   "sidecar_health_checks", "sidecar_health_check_duration_seconds"):
+        assert family not in text
 
 
 def test_label_values_are_escaped() -> None:
@@ -260,6 +269,169 @@ def test_label_values_are_escaped() -> None:
     found = samples(scrape(metrics))
     assert value(found, "sidecar_requests_total", route='we"ird\\route', cluster="c",
                  code_class="2xx") == 1
+
+
+# ------------------------------------------------------------ resilience families
+
+
+def configured(*clusters: dict[str, Any]) -> Registry:
+    """A registry holding these clusters, applied like a config file."""
+    config = parse_config({"clusters": list(clusters),
+                           "routes": [{"prefix": "/", "cluster": clusters[0]["name"]}]})
+    registry = Registry(FakeClock())
+    registry.apply_config(config, ConfigInfo("v1", "test.jsonnet", 1.0, len(clusters), 1))
+    return registry
+
+
+CHECKED = {"path": "/healthz", "healthy_threshold": 1, "unhealthy_threshold": 1}
+
+
+@pytest.mark.parametrize(("method", "family", "label"), [
+    ("retry", "sidecar_retries_total", "reason"),
+    ("retry_refused", "sidecar_retries_refused_total", "reason"),
+    ("overflow", "sidecar_overflows_total", "limit"),
+    ("breaker_transition", "sidecar_breaker_transitions_total", "state"),
+])
+def test_cluster_counters(method: str, family: str, label: str) -> None:
+    metrics = Metrics()
+    count = getattr(metrics, method)
+    for cluster, value_ in [("web", "a"), ("web", "a"), ("web", "b"), ("api", "a")]:
+        count(cluster, value_)
+    text = scrape(metrics)
+    assert types(text)[family] == "counter"
+    assert named(samples(text), family) == {
+        frozenset({("cluster", "web"), (label, "a")}): 2,
+        frozenset({("cluster", "web"), (label, "b")}): 1,
+        frozenset({("cluster", "api"), (label, "a")}): 1,
+    }
+
+
+def test_fallbacks_by_route_and_kind() -> None:
+    metrics = Metrics()
+    for route, kind in [("api", "cache"), ("api", "cache"), ("api", "static"),
+                        ("/", "cluster")]:
+        metrics.fallback(route, kind)
+    text = scrape(metrics)
+    assert types(text)["sidecar_fallbacks_total"] == "counter"
+    assert named(samples(text), "sidecar_fallbacks_total") == {
+        frozenset({("route", "api"), ("kind", "cache")}): 2,
+        frozenset({("route", "api"), ("kind", "static")}): 1,
+        frozenset({("route", "/"), ("kind", "cluster")}): 1,
+    }
+
+
+def test_breaker_state_is_one_hot_per_endpoint() -> None:
+    registry = Registry(FakeClock())
+    registry.register("web", "http://h:1")
+    registry.register("web", "http://h:2")
+    hosts = registry.clusters["web"].hosts
+    hosts.trip(hosts.hosts["h:2"], "test")
+    metrics = Metrics()
+    metrics.registry = registry
+    text = scrape(metrics)
+    assert types(text)["sidecar_breaker_state"] == "gauge"
+    expected = {("h:1", "closed"): 1, ("h:1", "open"): 0, ("h:1", "half_open"): 0,
+                ("h:2", "closed"): 0, ("h:2", "open"): 1, ("h:2", "half_open"): 0}
+    assert named(samples(text), "sidecar_breaker_state") == {
+        frozenset({("cluster", "web"), ("endpoint", e), ("state", s)}): n
+        for (e, s), n in expected.items()}
+    hosts.reset(hosts.hosts["h:2"], "test")
+    found = samples(scrape(metrics))
+    assert value(found, "sidecar_breaker_state", cluster="web", endpoint="h:2",
+                 state="closed") == 1
+    assert value(found, "sidecar_breaker_state", cluster="web", endpoint="h:2",
+                 state="open") == 0
+
+
+def test_panic_mode_per_cluster() -> None:
+    registry = configured(
+        {"name": "web", "health_check": CHECKED,
+         "endpoints": [{"url": "http://h:1"}, {"url": "http://h:2"}]},
+        {"name": "plain", "endpoints": [{"url": "http://h:3"}]})
+    metrics = Metrics()
+    metrics.registry = registry
+    text = scrape(metrics)
+    assert types(text)["sidecar_panic_mode"] == "gauge"
+    # Nothing has passed a check yet: fewer than half pass, so the checks are ignored.
+    assert named(samples(text), "sidecar_panic_mode") == {
+        frozenset({("cluster", "web")}): 1, frozenset({("cluster", "plain")}): 0}
+    hosts = registry.clusters["web"].hosts
+    for host in list(hosts.hosts.values()):
+        hosts.on_check(host, True, status=200, latency=0.01)
+    assert value(samples(scrape(metrics)), "sidecar_panic_mode", cluster="web") == 0
+
+
+def test_cluster_request_gauges_and_retry_budget() -> None:
+    registry = Registry(FakeClock())
+    registry.register("web", "http://h:1")
+    registry.register("api", "http://h:1")
+    metrics = Metrics()
+    metrics.registry = registry
+    text = scrape(metrics)
+    for family in ("sidecar_cluster_active_requests", "sidecar_cluster_pending_requests",
+                   "sidecar_retry_budget_in_flight"):
+        assert types(text)[family] == "gauge"
+        assert named(samples(text), family) == {
+            frozenset({("cluster", "web")}): 0, frozenset({("cluster", "api")}): 0}
+    hosts = registry.clusters["web"].hosts
+    for _ in range(3):
+        assert hosts.limits.try_admit() is None
+    assert hosts.limits.pending_enter()
+    assert hosts.budget.try_acquire(3) and hosts.budget.try_acquire(3)
+    found = samples(scrape(metrics))
+    assert value(found, "sidecar_cluster_active_requests", cluster="web") == 3
+    assert value(found, "sidecar_cluster_pending_requests", cluster="web") == 1
+    assert value(found, "sidecar_retry_budget_in_flight", cluster="web") == 2
+    assert value(found, "sidecar_cluster_active_requests", cluster="api") == 0
+    hosts.limits.pending_exit()
+    for _ in range(3):
+        hosts.limits.done()
+    hosts.budget.release()
+    hosts.budget.release()
+    found = samples(scrape(metrics))
+    for family in ("sidecar_cluster_active_requests", "sidecar_cluster_pending_requests",
+                   "sidecar_retry_budget_in_flight"):
+        assert value(found, family, cluster="web") == 0
+
+
+def test_health_checks_from_the_checker() -> None:
+    registry = configured(
+        {"name": "web", "health_check": CHECKED, "endpoints": [{"url": "http://h:1"}]},
+        {"name": "fresh", "health_check": CHECKED, "endpoints": [{"url": "http://h:2"}]},
+        {"name": "plain", "endpoints": [{"url": "http://h:3"}]})
+    checker = HealthChecker(registry)  # not started: only its counters are read
+    checker.checks.update({("web", "passed"): 5, ("web", "timeout"): 2,
+                           ("gone", "error"): 1})  # "gone": a cluster since removed
+    checker.latency_sum.update({"web": 1.25, "gone": 0.5})
+    checker.latency_count.update({"web": 7, "gone": 1})
+    metrics = Metrics()
+    metrics.registry = registry
+    metrics.checker = checker
+    text = scrape(metrics)
+    assert types(text)["sidecar_health_checks_total"] == "counter"
+    assert types(text)["sidecar_health_check_duration_seconds"] == "summary"
+    found = samples(text)
+    counts = {("web", "passed"): 5, ("web", "timeout"): 2, ("gone", "error"): 1}
+    assert named(found, "sidecar_health_checks_total") == {
+        frozenset({("cluster", c), ("result", r)}): counts.get((c, r), 0)
+        for c in ("web", "fresh", "gone") for r in RESULTS}  # "plain" is not checked
+    assert named(found, "sidecar_health_check_duration_seconds_count") == {
+        frozenset({("cluster", "web")}): 7, frozenset({("cluster", "fresh")}): 0,
+        frozenset({("cluster", "gone")}): 1}
+    assert named(found, "sidecar_health_check_duration_seconds_sum") == {
+        frozenset({("cluster", "web")}): 1.25, frozenset({("cluster", "fresh")}): 0.0,
+        frozenset({("cluster", "gone")}): 0.5}
+
+
+def test_health_checks_without_a_registry_show_the_counted_clusters() -> None:
+    metrics = Metrics()
+    metrics.checker = SimpleNamespace(checks={("web", "failed"): 1}, latency_sum={"web": 0.2},
+                                      latency_count={"web": 1})
+    found = samples(scrape(metrics))
+    assert value(found, "sidecar_health_checks_total", cluster="web", result="failed") == 1
+    assert value(found, "sidecar_health_checks_total", cluster="web", result="passed") == 0
+    assert value(found, "sidecar_health_check_duration_seconds_sum",
+                 cluster="web") == pytest.approx(0.2)
 
 
 # ------------------------------------------------------------ promtool
@@ -277,6 +449,18 @@ def busy_metrics() -> Metrics:
         metrics.stats("api", "web").observe(status, seconds)
     metrics.stats("/", "files").observe(304, 0.0002)
     metrics.upstream_error("web", "connect")
+    metrics.retry("web", "gateway_error")
+    metrics.retry_refused("web", "budget_exhausted")
+    metrics.overflow("web", "max_requests")
+    metrics.breaker_transition("web", "open")
+    metrics.fallback("api", "cache")
+    hosts = registry.clusters["web"].hosts
+    hosts.trip(hosts.hosts["h:1"], "test")
+    assert hosts.limits.try_admit() is None and hosts.budget.try_acquire(1)
+    checker = HealthChecker(registry)
+    checker.checks[("web", "passed")] = 3
+    checker.latency_sum["web"], checker.latency_count["web"] = 0.03, 3
+    metrics.checker = checker
     metrics.config_loaded(True, 1_700_000_000.0)
     metrics.config_loaded(False, 1_700_000_001.0)
     return metrics
