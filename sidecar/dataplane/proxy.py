@@ -20,13 +20,11 @@ never passed off as complete.
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -70,6 +68,13 @@ from sidecar.dataplane.body import BUFFER_REQUEST_BODY, RequestBody
 from sidecar.dataplane.connection import StaleConnection
 from sidecar.dataplane.deadlines import DeadlineWheel
 from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
+from sidecar.dataplane.response import (
+    ProxyResponse,
+    connection_field,
+    error_response,
+    is_chunked,
+    keeps_alive,
+)
 from sidecar.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -87,7 +92,7 @@ from sidecar.observe.logs import access_logger, request_id_var
 from sidecar.observe.metrics import Metrics
 from sidecar.registry import ClusterMembers, Registry
 
-__all__ = ["DataPlaneState", "Proxy", "ProxyResponse", "error_response"]
+__all__ = ["DataPlaneState", "Proxy"]
 
 # Responses of known length up to this size are gathered and sent in one write.
 BUFFER_RESPONSE_BODY = 256 * 1024
@@ -114,52 +119,6 @@ _FALLBACK_FIELDS = {kind: b"%s: %s\r\n" % fallback_header(kind)
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-
-
-class ProxyResponse(web.StreamResponse):
-    """A response whose head is already serialized (by `build_response_head`).
-
-    aiohttp's StreamResponse would add Content-Type, Server and Date defaults and
-    re-serialize a multidict; a proxy must send the upstream's fields and nothing
-    else, so this writes the prebuilt head and sets only the framing state.
-    """
-
-    # Set when the response was cut short after it started: what the metrics record.
-    aborted_status: int | None = None
-
-    def __init__(self, status: int, head: bytes, *, length: int | None, chunked: bool,
-                 body: bytes | None = None, keep_alive: bool = True) -> None:
-        super().__init__(status=status)
-        self._head = head
-        self._length = length
-        self._chunked = chunked
-        self._body_bytes = body
-        if not keep_alive:
-            self.force_close()
-        # Complete responses go out with their body in one write.
-        self._send_headers_immediately = body is None
-
-    async def _start(self, request: BaseRequest) -> Any:
-        self._req = request
-        writer = self._payload_writer = request._payload_writer
-        if self._keep_alive is None:
-            self._keep_alive = request.keep_alive
-        if not self._must_be_empty_body:
-            if self._chunked:
-                writer.enable_chunking()
-            else:
-                writer.length = self._length
-        writer._headers_buf = self._head  # type: ignore[attr-defined]  # = write_headers()
-        if self._send_headers_immediately:
-            writer.send_headers()
-        return writer
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        body = self._body_bytes
-        if body is not None and not data and not self._eof_sent:
-            self._body_bytes = None
-            data = b"" if self._must_be_empty_body else body
-        await super().write_eof(data)
 
 
 class _Pending:
@@ -192,30 +151,6 @@ class _AttemptFailed(Exception):
     def __init__(self, kind: str, error: ProxyError) -> None:
         self.kind = kind
         self.error = error
-
-
-def _connection_field(keep_alive: bool, version: bytes) -> bytes:
-    """Say what happens to the client connection when HTTP's default would be wrong."""
-    if not keep_alive:
-        return b"Connection: close\r\n"
-    return b"Connection: keep-alive\r\n" if version == b"1.0" else b""
-
-
-def error_response(error: ProxyError, request_id: str, version: bytes = b"1.1",
-                   *, keep_alive: bool = True, extra_headers: bytes = b"") -> ProxyResponse:
-    """The JSON error body every sidecar-made error uses; never a library's message."""
-    body = json.dumps({"error": {"code": error.code, "message": error.message,
-                                 "request_id": request_id}}, separators=(",", ":")).encode()
-    if isinstance(error, MethodNotAllowed):
-        extra_headers += b"Allow: " + ", ".join(error.allowed).encode() + b"\r\n"
-    if error.retry_after is not None:
-        extra_headers += b"Retry-After: %d\r\n" % max(1, math.ceil(error.retry_after))
-    framing = b"Content-Length: %d\r\n" % len(body) + _connection_field(keep_alive, version)
-    head = build_response_head(version, error.status, b"", (
-        (b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")),
-        framing=extra_headers + framing, request_id=request_id.encode())
-    return ProxyResponse(error.status, head, length=len(body), chunked=False, body=body,
-                         keep_alive=keep_alive)
 
 
 @dataclass(eq=False)
@@ -363,7 +298,7 @@ class Proxy:
             return response
         except ProxyError as error:
             status = error.status
-            keep_alive = (request.keep_alive and not request._message.upgrade
+            keep_alive = (keeps_alive(request)
                           and not isinstance(error, BadRequest) and request.method != "CONNECT")
             return error_response(error, request_id, version, keep_alive=keep_alive)
         except asyncio.CancelledError:
@@ -494,10 +429,10 @@ class Proxy:
     def _fixed(self, request: BaseRequest, status: int, headers: tuple[tuple[bytes, bytes], ...],
                body: bytes, kind: str, rid: bytes, version: bytes) -> ProxyResponse:
         """A fallback answer the sidecar makes (cache or static), marked as one."""
-        keep_alive = request.keep_alive and not request._message.upgrade
+        keep_alive = keeps_alive(request)
         no_body = request.method == "HEAD"
         framing = (b"Content-Length: %d\r\n" % len(body) + _FALLBACK_FIELDS[kind]
-                   + _connection_field(keep_alive, version))
+                   + connection_field(keep_alive, version))
         head = build_response_head(version, status, b"", headers, framing=framing,
                                    request_id=rid)
         return ProxyResponse(status, head, length=len(body), chunked=False,
@@ -579,7 +514,7 @@ class Proxy:
                     decision = plan.decide(None, status, sent=True, body=body.state,
                                            endpoint=host, active_requests=limits.active)
                     if not decision.retry:
-                        self._note_refusal(cluster_name, decision)
+                        self._note_refusal(cluster_name, decision, failure)
                         return await self._final(request, upstream, host, rid, version,
                                                  cluster_name, gateway_fallback, store, extra)
                     upstream.abort()  # a retriable failure: its body is not wanted
@@ -597,7 +532,7 @@ class Proxy:
                                            body=body.state, endpoint=host,
                                            active_requests=limits.active)
                     if not decision.retry:
-                        self._note_refusal(cluster_name, decision)
+                        self._note_refusal(cluster_name, decision, kind)
                         raise error
                 self.metrics.retry(cluster_name, decision.reason)
                 fresh = decision.reason == STALE
@@ -636,7 +571,7 @@ class Proxy:
         per_try = policy.config.per_try_timeout
         try_deadline = self._deadlines.add(per_try) if per_try is not None else None
         try:
-            return await pool.request(head, body, chunked=request._message.chunked,
+            return await pool.request(head, body, chunked=is_chunked(request),
                                       head_request=head_request, fresh=fresh,
                                       connected=waiting)
         except StaleConnection as exc:
@@ -658,7 +593,7 @@ class Proxy:
 
     async def _request_body(self, request: BaseRequest, keep_bytes: int) -> RequestBody:
         length = request.content_length
-        chunked = request._message.chunked
+        chunked = is_chunked(request)
         if (chunked or length) and "Expect" in request.headers:
             if request.headers["Expect"].lower() == "100-continue" and request.transport:
                 request.transport.write(_CONTINUE)
@@ -671,7 +606,7 @@ class Proxy:
     def _request_head(self, request: BaseRequest, target: str, host: Host,
                       settings: ClusterSettings, rid: bytes, version: bytes) -> bytes:
         length = request.content_length
-        framing = (_CHUNKED if request._message.chunked
+        framing = (_CHUNKED if is_chunked(request)
                    else b"Content-Length: %d\r\n" % length if length is not None else b"")
         method = request.method
         return build_request_head(
@@ -682,9 +617,11 @@ class Proxy:
             client=(request.remote or "").encode(), proto=self._proto,
             request_id=rid, framing=framing, via_version=b"1." + version[2:])
 
-    def _note_refusal(self, cluster: str, decision: RetryDecision) -> None:
+    def _note_refusal(self, cluster: str, decision: RetryDecision, failure: str) -> None:
+        """Count a retry the budget refused, by the failure it would have retried (the
+        same label values as sidecar_retries_total)."""
         if decision.reason == NoRetry.BUDGET_EXHAUSTED:
-            self.metrics.retry_refused(cluster, decision.reason)
+            self.metrics.retry_refused(cluster, failure)
 
     async def _final(self, request: BaseRequest, upstream: UpstreamResponse, host: Host,
                      rid: bytes, version: bytes, cluster_name: str, gateway_fallback: bool,
@@ -723,10 +660,10 @@ class Proxy:
         status = upstream.status
         if store is not None and status == 200:
             store(upstream, body)
-        keep_alive = request.keep_alive and not request._message.upgrade
+        keep_alive = keeps_alive(request)
         no_body = status in (204, 304) or status < 200 or request.method == "HEAD"
         framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body)) + extra
-                   + _connection_field(keep_alive, version))
+                   + connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
                                    framing=framing, request_id=rid, keep_content_length=no_body)
         return ProxyResponse(status, head, length=len(body), chunked=False, body=body,
@@ -746,13 +683,13 @@ class Proxy:
                 parts.append(chunk)
             return self._whole(request, upstream, b"".join(parts), rid, version, store, extra)
         status = upstream.status
-        keep_alive = request.keep_alive and not request._message.upgrade
+        keep_alive = keeps_alive(request)
         chunked = length is None and version == b"1.1"
         if length is None and not chunked:
             keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
         framing = ((b"Content-Length: %d\r\n" % length if length is not None
                     else _CHUNKED if chunked else b"") + extra
-                   + _connection_field(keep_alive, version))
+                   + connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
                                    framing=framing, request_id=rid)
         response = ProxyResponse(status, head, length=length, chunked=chunked,

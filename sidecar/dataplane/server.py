@@ -19,7 +19,8 @@ from aiohttp.web_request import BaseRequest
 
 from sidecar.config.model import ListenerConfig
 from sidecar.core.headers import new_request_id
-from sidecar.dataplane.proxy import Proxy, error_response
+from sidecar.dataplane.proxy import Proxy
+from sidecar.dataplane.response import error_response
 from sidecar.errors import BadRequest, HeadersTooLarge, InternalError, ProxyError, UriTooLong
 
 __all__ = ["SidecarServer", "make_server"]
