@@ -7,7 +7,6 @@ Real upstreams on 127.0.0.1, a real sidecar, many concurrent clients. Counts, no
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import aiohttp
@@ -15,18 +14,9 @@ from aiohttp import web
 
 from sidecar.core.breaker import BreakerState
 
-from ..integration.conftest import Seen, base_url, echo_app, url_of
+from ..integration.conftest import Seen, base_url, echo_app, refused_url, url_of
 
 CLIENTS, REQUESTS = 8, 400
-
-
-def refused_url() -> str:
-    """A loopback port with nothing listening: connections are refused."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def counting_app(status: int, arrivals: list[str]) -> web.Application:

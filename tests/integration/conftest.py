@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.app import Sidecar
+from sidecar.events import Event, EventKind
 from sidecar.reload import ConfigSource
 
 LOOPBACK_ADDRESSES = {
@@ -46,6 +48,53 @@ class Gate:
         app = web.Application()
         app.router.add_get("/", self._handle)
         return app
+
+
+class Pulse:
+    """Wakes waiters whenever something happened (a bus event, a request upstream), so
+    tests wait on what happens, never on a sleep. Every wait is bounded by `timeout`."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.events: list[Event] = []
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    def poke(self) -> None:
+        self._event.set()
+
+    def follow(self, sidecar: Sidecar) -> Pulse:
+        def on_event(event: Event) -> None:
+            self.events.append(event)
+            self.poke()
+
+        self._unsubscribe.append(sidecar.registry.bus.subscribe(on_event))
+        return self
+
+    async def until(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Wait until `predicate()` is truthy (re-evaluated after every poke); its value."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._event.clear()
+                value = predicate()
+                if value:
+                    return value
+                await self._event.wait()
+
+    async def event(self, predicate: Callable[[Event], bool], after: int = 0) -> Event:
+        """The first event from index `after` of `events` that matches."""
+        def find() -> Event | None:
+            return next((e for e in self.events[after:] if predicate(e)), None)
+
+        event: Event = await self.until(find)
+        return event
+
+    def since(self, mark: int, kind: EventKind) -> list[Event]:
+        return [e for e in self.events[mark:] if e.kind is kind]
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
 
 
 def echo_app(seen: Seen, name: str = "echo") -> web.Application:
@@ -122,6 +171,15 @@ async def start_sidecar() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[
     yield start
     for sidecar in started:
         await sidecar.stop(drain_timeout=1.0)
+
+
+def refused_url() -> str:
+    """A loopback address with nothing listening: connections to it are refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"
 
 
 def url_of(server: TestServer) -> str:

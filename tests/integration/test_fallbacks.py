@@ -3,22 +3,13 @@ each marked with X-Sidecar-Fallback; and never for an answer the application mea
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from aiohttp import web
 
 from sidecar.events import Event, EventKind
 
-from .conftest import base_url, url_of
-
-
-def refused_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
+from .conftest import base_url, refused_url, url_of
 
 
 class Switch:

@@ -25,7 +25,7 @@ from sidecar.errors import EndpointNotFound, NoHealthCheck
 from sidecar.events import Event, EventKind
 from sidecar.registry import EndpointStatus
 
-from .conftest import LOOPBACK_ADDRESSES, base_url
+from .conftest import LOOPBACK_ADDRESSES, Pulse, base_url
 
 # Fast checks: every 50 ms, no jitter, so a threshold is crossed in a fraction of a second.
 FAST = {"path": "/healthz", "interval": 0.05, "jitter": 0, "timeout": 1,
@@ -33,47 +33,6 @@ FAST = {"path": "/healthz", "interval": 0.05, "jitter": 0, "timeout": 1,
 # Slow checks: after the first (at once), none for the length of a test.
 SLOW = {**FAST, "interval": 30}
 WAIT = 10.0  # the most any wait may take: generous, a wait normally ends in milliseconds
-
-
-class Pulse:
-    """Wakes waiters whenever something happened: a bus event, a request upstream."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.events: list[Event] = []
-        self._unsubscribe: list[Callable[[], None]] = []
-
-    def poke(self) -> None:
-        self._event.set()
-
-    def follow(self, sidecar: Sidecar) -> None:
-        def on_event(event: Event) -> None:
-            self.events.append(event)
-            self.poke()
-
-        self._unsubscribe.append(sidecar.registry.bus.subscribe(on_event))
-
-    async def until(self, predicate: Callable[[], Any], timeout: float = WAIT) -> Any:
-        """Wait until `predicate()` is truthy (re-evaluated after every poke); its value."""
-        async with asyncio.timeout(timeout):
-            while True:
-                self._event.clear()
-                value = predicate()
-                if value:
-                    return value
-                await self._event.wait()
-
-    async def event(self, predicate: Callable[[Event], bool], after: int = 0) -> Event:
-        """The first event from index `after` of `events` that matches."""
-        def find() -> Event | None:
-            return next((e for e in self.events[after:] if predicate(e)), None)
-
-        event: Event = await self.until(find)
-        return event
-
-    def close(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
 
 
 class Upstream:
