@@ -11,6 +11,8 @@ shared=${SHARED_BENCH:-$here/../shared/bench}
 [ -x "$shared/run_peers.sh" ] || { echo "bench: $shared/run_peers.sh not found" >&2; exit 1; }
 [ -x /tmp/benchvenv/bin/python ] || "$shared/setup.sh"
 export RUNS=${RUNS:-1}
-sidecar="env PYTHONDONTWRITEBYTECODE=1 $here/.venv/bin/sidecar run --listen 127.0.0.1:\$PORT --upstream \$UPSTREAM --admin-grpc 127.0.0.1:0 --admin-http 127.0.0.1:0 --no-watch --log-level warning"
-exec "$shared/run_peers.sh" -p "${PEERS:-direct nginx aiohttp-uvloop-auto fastapi-httpx}" \
+# The sidecar with every resilience default on and health checks of the upstream
+# (bench/sidecar.jsonnet); request ids, header hygiene and metrics are always on.
+sidecar="env PYTHONDONTWRITEBYTECODE=1 $here/.venv/bin/sidecar run --config $here/bench/sidecar.jsonnet --ext-str upstream=\$UPSTREAM --listen 127.0.0.1:\$PORT --admin-grpc 127.0.0.1:0 --admin-http 127.0.0.1:0 --no-watch --log-level warning"
+exec "$shared/run_peers.sh" -p "${PEERS:-direct nginx aiohttp-uvloop-auto fastapi-httpx python-ceiling}" \
   --peer "sidecar=$sidecar" "$@"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config.model import SidecarConfig, config_version, parse_config
+from sidecar.dataplane.malloc import release_free_memory
 from sidecar.dataplane.tls import tls_issues
 from sidecar.errors import ConfigError, ConfigIssue
 
@@ -51,6 +52,7 @@ class ConfigSource:
             from sidecar.config.loader import render_data
 
             data = render_data(self.path, self.ext_vars, self.jpath)
+            release_free_memory()  # what the Jsonnet evaluator freed, back to the system
         else:
             data = json.loads(json.dumps(self.data or {}))
         if not isinstance(data, dict):

@@ -288,12 +288,6 @@ class SidecarConfig(_Model):
     clusters: tuple[ClusterConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
 
-    def cluster(self, name: str) -> ClusterConfig | None:
-        for cluster in self.clusters:
-            if cluster.name == name:
-                return cluster
-        return None
-
 
 def format_location(loc: tuple[int | str, ...]) -> str:
     """("routes", 1, "cluster") -> "routes[1].cluster"."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["tune_malloc"]
+__all__ = ["release_free_memory", "tune_malloc"]
 
 
 def tune_malloc() -> None:
@@ -21,3 +21,19 @@ def tune_malloc() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_trim_threshold, 32 * 1024 * 1024)
     mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+
+
+def release_free_memory() -> None:
+    """Give the memory freed so far back to the system (glibc's malloc_trim).
+
+    With the trim threshold raised, memory freed by one-off work (rendering a Jsonnet
+    config allocates about 11 MiB in the C++ evaluator) would otherwise stay in the
+    process for good. Called after each config load, never on the data path."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return

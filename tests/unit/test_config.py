@@ -64,11 +64,10 @@ def test_empty_config_is_all_defaults() -> None:
 
 def test_minimal_config() -> None:
     config = parse_config(minimal())
-    cluster = config.cluster("app")
-    assert cluster is not None and cluster.timeout == 15.0
+    [cluster] = config.clusters
+    assert cluster.name == "app" and cluster.timeout == 15.0
     assert cluster.endpoints[0].endpoint_id == "127.0.0.1:8080"
     assert config.routes[0].prefix == "/" and config.routes[0].route_name == "/"
-    assert config.cluster("other") is None
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
@@ -414,8 +413,8 @@ sidecar.config() + sidecar.localApp(9000)
 """)
     config = parse_config(json.loads(render(str(path))))
     assert config.cluster_defaults.timeout == 5.0
-    cluster = config.cluster("app")
-    assert cluster is not None and cluster.timeout == 5.0
+    [cluster] = [c for c in config.clusters if c.name == "app"]
+    assert cluster.timeout == 5.0
     assert config.routes[0].cluster == "app"
 
 

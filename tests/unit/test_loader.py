@@ -62,7 +62,7 @@ def test_load_config_returns_config_version_and_text(tmp_path: Path) -> None:
     loaded = load_config(path)
     assert isinstance(loaded, LoadedConfig)
     assert loaded.source == path
-    assert loaded.config.cluster("app") is not None
+    assert [c.name for c in loaded.config.clusters] == ["app"]
     assert loaded.version == config_version(loaded.config)
     assert json.loads(loaded.rendered)["routes"] == [
         {"prefix": "/", "cluster": "app", "retry_non_idempotent": False}]
