@@ -207,14 +207,23 @@ class RetryConfig(FrozenModel):
 
 
 class RetryBudgetConfig(FrozenModel):
-    """Retries allowed at once per cluster: max(min_concurrent, ratio x active requests)."""
+    """How many retries a cluster may make. A retry may go when retries in flight are
+    below max(min_concurrent, ratio x active requests), or retries over the last
+    `interval` are below ratio x the requests of that interval, or fewer than
+    `min_retry_rate` retries were made in the last second."""
 
     enabled: bool = Field(True, description="false: no budget, only max_retries bounds "
                                             "retries (default true).")
-    ratio: float = Field(0.2, gt=0, le=10, description="Retries in flight per active request "
+    ratio: float = Field(0.2, gt=0, le=10, description="Retries per request: in flight per "
+                                                       "active request, and over `interval` "
                                                        "(default 0.2).")
     min_concurrent: int = Field(3, ge=0, le=100_000,
                                 description="Retries always allowed at once (default 3).")
+    interval: Duration = Field(10.0, description="Window of the retries-per-request ratio "
+                                                 "(default 10s).")
+    min_retry_rate: float = Field(10.0, ge=0, le=100_000,
+                                  description="Retries a second always allowed, whatever the "
+                                              "traffic (default 10; 0: none).")
 
 
 class LimitsConfig(FrozenModel):

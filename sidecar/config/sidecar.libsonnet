@@ -90,7 +90,7 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
         backoff_max: '250ms',
         retry_buffer_bytes: 65536,
       },
-      retry_budget: { enabled: true, ratio: 0.2, min_concurrent: 3 },
+      retry_budget: { enabled: true, ratio: 0.2, min_concurrent: 3, interval: '10s', min_retry_rate: 10 },
       limits: { enabled: true, max_requests: 1024, max_pending: 1024 },
       panic_threshold: 0.5,  // share of healthy endpoints below which checks are ignored
       local_app: false,  // true: /ready is 503 while no endpoint is healthy
@@ -224,7 +224,7 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
   //   circuit_breaker       circuitBreaker()  per endpoint; on
   //   health_check          null            active checks off; healthCheck(path)
   //   retry                 retry()         on: 2 retries; a route may replace it
-  //   retry_budget          retryBudget()   on: max(3, 0.2 x active requests)
+  //   retry_budget          retryBudget()   on: 0.2 retries per request, 3 at once, 10/s
   //   limits                limits()        on: 1024 in flight, 1024 pending
   //   panic_threshold       0.5             0..1: when fewer than this share of
   //                                         the endpoints pass their health
@@ -388,18 +388,26 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
       retry_buffer_bytes: retry_buffer_bytes,
     }),
 
-  // retryBudget(): retries in flight at once per cluster, at most
-  // max(min_concurrent, ratio x active requests). Defaults from
+  // retryBudget(): how many retries a cluster may make. A retry may go when
+  // retries in flight are below max(min_concurrent, ratio x active requests), or
+  // retries over the last `interval` are below ratio x its requests, or fewer than
+  // min_retry_rate retries were made in the last second. Defaults from
   // _config.cluster.retry_budget:
-  //   enabled         true  false: only max_retries bounds retries
-  //   ratio           0.2
-  //   min_concurrent  3
+  //   enabled         true   false: only max_retries bounds retries
+  //   ratio           0.2    retries per request
+  //   min_concurrent  3      retries always allowed at once
+  //   interval        '10s'  window of the ratio
+  //   min_retry_rate  10     retries a second always allowed (0: none)
   retryBudget(enabled=$._config.cluster.retry_budget.enabled,
               ratio=$._config.cluster.retry_budget.ratio,
-              min_concurrent=$._config.cluster.retry_budget.min_concurrent):: {
+              min_concurrent=$._config.cluster.retry_budget.min_concurrent,
+              interval=$._config.cluster.retry_budget.interval,
+              min_retry_rate=$._config.cluster.retry_budget.min_retry_rate):: {
     enabled: enabled,
     ratio: ratio,
     min_concurrent: min_concurrent,
+    interval: interval,
+    min_retry_rate: min_retry_rate,
   },
 
   // limits(): admission per cluster; over a limit a request gets 503 at once.

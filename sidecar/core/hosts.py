@@ -188,8 +188,8 @@ class HostSet:
         self.listener = listener
         #: Admission (max_requests, max_pending) and the retry budget of the cluster.
         self.limits = ClusterLimits(settings.limits)
-        self.budget = RetryBudget(settings.retry_budget)
         self._clock = clock or SystemClock()
+        self.budget = RetryBudget(settings.retry_budget, self._clock)
         self._rng = rng or random.Random()
         self._policy = settings.lb_policy
         self._balancer: Balancer = make_balancer(settings.lb_policy, self._rng)

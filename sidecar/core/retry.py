@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sidecar.config.resilience import RetryBudgetConfig, RetryConfig
+from sidecar.core.clock import Clock, SystemClock
 
 __all__ = [
     "CONNECT_FAILURE",
@@ -153,48 +154,115 @@ def try_timeout(per_try_timeout: float | None, remaining: float) -> float:
 
 
 class RetryBudget:
-    """Retries in flight to one cluster, bounded by max(min_concurrent, ratio x active).
+    """How many retries one cluster may make, so that retries never multiply an outage.
 
-    One per cluster, kept across reloads (`update_config`). A retry holds a slot
-    from the moment it is decided (through its backoff) until its try ends;
-    `AttemptPlan` pairs every `try_acquire` with one `release`.
+    Theory of operation
+    -------------------
 
-    `enabled=False` allows every retry, but the slots are still counted, so that
-    turning the budget on by a reload finds the true count.
+    A retry may go when any of three rules allows it, checked in this order:
+
+    1. **Concurrency** (Envoy's retry budget): retries in flight stay below
+       max(`min_concurrent`, `ratio` x active requests).
+    2. **Rate** (the Gateway API's GEP-3388 budget): retries over the last `interval`
+       stay below `ratio` x the requests sent to the cluster in that interval.
+    3. **Floor rate**: fewer than `min_retry_rate` retries a second, whatever the
+       traffic.
+
+    Rule 1 alone refuses the burst of retries a partial outage causes before a
+    breaker ejects the failing endpoint (8 clients stuck on one hung endpoint all
+    time out at once, and 3 slots are not 8); rules 2 and 3 let that burst through
+    from what the recent traffic earned. Under a full outage rules 2 and 3 bound
+    the tries to about (1 + ratio) x the requests plus `min_retry_rate` a second,
+    and rule 1 adds at most `min_concurrent` retries at a time.
+
+    The window is a ring of 10 buckets of `interval / 10`, zeroed lazily: O(1) per
+    request and fixed memory. One budget per cluster, kept across reloads
+    (`update_config`). A retry holds a concurrency slot from the moment it is
+    admitted (through its backoff) until its try ends; `AttemptPlan` pairs every
+    `try_acquire` with one `release`. `enabled=False` allows every retry, but still
+    counts, so that turning the budget on by a reload finds the true numbers.
 
     Counters: `retries_in_flight` (gauge), `refused` (total retries refused).
     """
 
-    __slots__ = ("_ratio", "_min", "_enabled", "retries_in_flight", "refused")
+    __slots__ = ("_ratio", "_min", "_enabled", "_min_rate", "_width", "_clock", "_epoch",
+                 "_requests", "_retries", "_request_sum", "_retry_sum", "retries_in_flight",
+                 "refused")
 
-    def __init__(self, config: RetryBudgetConfig) -> None:
+    _BUCKETS: Final = 10
+
+    def __init__(self, config: RetryBudgetConfig, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
         self.retries_in_flight = 0
         self.refused = 0
+        self._requests = [0] * self._BUCKETS
+        self._retries = [0] * self._BUCKETS
+        self._request_sum = self._retry_sum = 0
+        self._epoch = 0
+        self._width = 1.0
         self.update_config(config)
 
     def update_config(self, config: RetryBudgetConfig) -> None:
-        """Take new limits; the slots held and the counters stay."""
+        """Take new limits; the slots held and the counters stay (the window restarts
+        if its length changed)."""
         self._enabled = config.enabled
         self._ratio = config.ratio
         self._min = config.min_concurrent
+        self._min_rate = config.min_retry_rate
+        width = config.interval / self._BUCKETS
+        if width != self._width:
+            self._width = width
+            self._requests = [0] * self._BUCKETS
+            self._retries = [0] * self._BUCKETS
+            self._request_sum = self._retry_sum = 0
+            self._epoch = 0
 
     def allowed(self, active_requests: int) -> int:
-        """Retries allowed in flight at once with this many active requests."""
+        """Retries allowed in flight at once with this many active requests (rule 1)."""
         # Rounded down like Envoy. The epsilon keeps e.g. 0.29 x 100 (28.999...) at 29.
         return max(self._min, int(self._ratio * active_requests + 1e-9))
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def on_request(self, now: float) -> None:
+        """A request was admitted to the cluster (its first try, not a retry)."""
+        index = self._roll(now)
+        self._requests[index] += 1
+        self._request_sum += 1
 
     def try_acquire(self, active_requests: int) -> bool:
         """Take a slot for one retry. `active_requests`: the cluster's requests in
         flight (`ClusterLimits.active`), the one asking included."""
-        if self._enabled and self.retries_in_flight >= self.allowed(active_requests):
+        index = self._roll(self._clock.now())
+        if (self._enabled and self.retries_in_flight >= self.allowed(active_requests)
+                and self._retry_sum >= self._ratio * self._request_sum
+                and self._retries[index] >= self._min_rate * self._width):
             self.refused += 1
             return False
         self.retries_in_flight += 1
+        self._retries[index] += 1
+        self._retry_sum += 1
         return True
 
     def release(self) -> None:
         """Give back the slot of a retry whose try has ended."""
         self.retries_in_flight -= 1
+
+    def _roll(self, now: float) -> int:
+        """The bucket of `now`, after zeroing those that fell out of the window."""
+        epoch = int(now // self._width)
+        gone = epoch - self._epoch
+        if gone:
+            buckets = self._BUCKETS
+            for step in range(1, min(gone, buckets) + 1):
+                i = (self._epoch + step) % buckets
+                self._request_sum -= self._requests[i]
+                self._retry_sum -= self._retries[i]
+                self._requests[i] = self._retries[i] = 0
+            self._epoch = epoch
+        return epoch % self._BUCKETS
 
 
 # ---------------------------------------------------------------- policy and plan

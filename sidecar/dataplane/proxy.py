@@ -470,6 +470,7 @@ class Proxy:
         if over is not None:
             self.metrics.overflow(cluster_name, over)
             raise Overflow(over)
+        hosts.budget.on_request(self._clock())
         settings = members.settings
         deadline = self._deadlines.add(match.route.timeout or settings.timeout)
         plan: AttemptPlan | None = None

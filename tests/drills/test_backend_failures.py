@@ -73,10 +73,9 @@ async def test_endpoint_answering_503_is_retried_and_ejected(start_upstream, sta
     bad, _ = await start_upstream(counting_app(503, arrivals))
     sidecar = await start_sidecar(cluster(url_of(a), url_of(b), url_of(bad)))
     statuses = await load(client, base_url(sidecar) + "/")
-    # Measured gap: in the milliseconds before the breaker opens, 8 clients can need
-    # more retries in flight (held through their backoff) than the budget's floor of
-    # 3; those few clients get the endpoint's own 503. Typically 1-3 of 400.
-    assert statuses.count(200) >= REQUESTS - 8 and set(statuses) <= {200, 503}
+    # Before the breaker opens, 8 clients can need more retries at once than the
+    # budget's concurrency floor of 3; its rate rules let that burst through.
+    assert statuses == [200] * REQUESTS
     assert len(arrivals) <= 10  # ejected after 5 gateway errors, then probes only
 
 

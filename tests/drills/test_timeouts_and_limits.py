@@ -40,14 +40,15 @@ async def test_hanging_endpoint_is_cut_by_per_try_timeout_then_ejected(
     """One of three endpoints accepts connections and never answers; only
     `retry.per_try_timeout` is set. 200 GETs from 8 clients.
 
-    Measured (40 runs): 1-5 of the 200 requests get 504 `upstream_timeout`, and the
-    hanging endpoint gets 8-11 attempts. Why any fail: round robin sends every third
-    pick to the hanging endpoint, so within a few milliseconds all 8 clients are stuck
-    there; their per-try timeouts fire together (same deadline-wheel tick), and the
-    retry budget allows max(3, 0.2 x 8 active) = 3 retries in flight, so the others'
-    retries are refused (`budget_exhausted`) and the client gets the timeout. The 5th
-    timeout opens the breaker (timeout is in `failure_on` by default); after that the
-    endpoint is out of rotation and every request succeeds.
+    No request fails, and the hanging endpoint gets 8-11 attempts. Round robin sends
+    every third pick to the hanging endpoint, so within a few milliseconds all 8
+    clients are stuck there; their per-try timeouts fire together (same deadline-wheel
+    tick) and all 8 need a retry at once. The retry budget's concurrency rule alone,
+    max(3, 0.2 x 8 active) = 3 in flight, would refuse 5 of them (measured: 1-5 of
+    200 failed before the budget had its rate rules); its rate rules (retries per
+    request over 10 s, and 10 retries a second whatever the traffic) let the burst
+    through. The 5th timeout opens the breaker (timeout is in `failure_on` by
+    default); after that the endpoint is out of rotation.
     """
     a, _ = await start_upstream(name="a")
     b, _ = await start_upstream(name="b")
@@ -65,19 +66,13 @@ async def test_hanging_endpoint_is_cut_by_per_try_timeout_then_ejected(
     host = host_of(sidecar, "app", "e2")
     failed = [o for o in result.outcomes if o.status != 200]
     print(f"\n[drill 1] failed={len(failed)}/{REQUESTS} hanging attempts={hang.requests}")
-    # Every failure is the per-try timeout, passed on because the budget refused a retry.
-    assert all((o.status, o.code) == (504, "upstream_timeout") for o in failed)
-    assert result.count(200) == REQUESTS - len(failed)
+    assert failed == []
     timeouts = metrics.value("sidecar_upstream_errors_total", cluster="app", kind="timeout")
     retried = metrics.total("sidecar_retries_total", cluster="app")
     refused = metrics.total("sidecar_retries_refused_total", cluster="app")
     assert timeouts == host.requests == hang.requests  # every attempt there timed out
-    assert retried + refused == timeouts
-    assert refused == len(failed)
+    assert retried == timeouts and refused == 0
     assert metrics.value("sidecar_retry_budget_in_flight", cluster="app") == 0
-    # The first timeout always finds the budget free. Measured at most 5 (8 clients stuck
-    # together, 3 budget slots); asserted with the margin of staggered timeouts.
-    assert len(failed) <= min(CLIENTS, hang.requests - 1)
 
     # The breaker opened on timeouts, and bounded the attempts: at most 5 recorded while
     # CLOSED (the 5th opens it) plus those of the other 7 clients in flight at that

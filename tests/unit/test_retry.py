@@ -9,11 +9,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from sidecar.config.resilience import LimitsConfig, RetryBudgetConfig, RetryConfig
+from sidecar.core.clock import FakeClock
 from sidecar.core.limits import ClusterLimits
 from sidecar.core.retry import (
     CONNECT_FAILURE,
@@ -57,8 +58,11 @@ def plan(method: str = "GET", budget: RetryBudget | None = None, *, allow: bool 
     return policy(allow=allow, **config).plan(method, budget)
 
 
-def budget(**config: Any) -> RetryBudget:
-    return RetryBudget(RetryBudgetConfig(**config))
+def budget(clock: FakeClock | None = None, **config: Any) -> RetryBudget:
+    """A budget with only its concurrency rule unless the test asks for more: no floor
+    rate, and no requests recorded (so the rate rule allows nothing)."""
+    config.setdefault("min_retry_rate", 0)
+    return RetryBudget(RetryBudgetConfig(**config), clock or FakeClock())
 
 
 # ---------------------------------------------------------------- classification
@@ -397,7 +401,7 @@ def test_budget_disabled_allows_all_and_still_counts() -> None:
 def test_budget_survives_reload() -> None:
     b = budget(min_concurrent=2)
     assert b.try_acquire(0) and b.try_acquire(0) and not b.try_acquire(0)
-    b.update_config(RetryBudgetConfig(min_concurrent=3))
+    b.update_config(RetryBudgetConfig(min_concurrent=3, min_retry_rate=0))
     assert b.retries_in_flight == 2 and b.refused == 1
     assert b.try_acquire(0) and not b.try_acquire(0)
     assert b.refused == 2
@@ -439,13 +443,18 @@ def test_finish_after_a_successful_retry_releases() -> None:
 
 
 def simulate_outage(*, clients: int, requests: int, budget: RetryBudget | None,
-                    failure: tuple[str | None, int | None], try_time: float) -> float:
+                    failure: tuple[str | None, int | None], try_time: float,
+                    clock: FakeClock | None = None) -> float:
     """Every try fails; returns tries seen by the upstream per client request.
 
     `clients` each send a request, and the next as soon as one is over (a closed loop,
     the harshest case: the load does not drop as answers fail). A try takes
-    `try_time`; a retry waits its backoff first. Time is an event queue, not a clock.
+    `try_time`; a retry waits its backoff first. Time is an event queue; `clock` (the
+    budget's, if it has one) is moved to each event's time.
     """
+    if clock is None and budget is not None:
+        clock = cast(FakeClock, budget.clock)
+    start_time = clock.now() if clock is not None else 0.0
     limits = ClusterLimits(LimitsConfig())
     retry_policy = RetryPolicy(RetryConfig(), random.Random(1))
     kind, status = failure
@@ -459,6 +468,8 @@ def simulate_outage(*, clients: int, requests: int, budget: RetryBudget | None,
         nonlocal started, tries
         if started < requests:
             assert limits.try_admit() is None
+            if budget is not None:
+                budget.on_request(start_time + now)
             plans[client] = retry_policy.plan("GET", budget)
             started += 1
             tries += 1
@@ -468,6 +479,8 @@ def simulate_outage(*, clients: int, requests: int, budget: RetryBudget | None,
         start(client, 0.0)
     while queue:
         now, _, client = heapq.heappop(queue)
+        if clock is not None:
+            clock.advance(start_time + now - clock.now())
         decision = plans[client].decide(kind, status, sent=sent, body=B.NONE,
                                         active_requests=limits.active)
         if decision.retry:
@@ -495,10 +508,10 @@ def test_without_a_budget_an_outage_triples_the_load(failure: tuple[str | None, 
 
 def test_outage_with_8_clients_fast_failures_stays_under_1_2x() -> None:
     # Answers fail far faster than the backoff, so the few retries in flight are
-    # mostly waiting, and new requests make nearly all the load.
+    # mostly waiting; the rate rule then allows 0.2 retries per request, no more.
     ratio = simulate_outage(clients=8, requests=5000, budget=budget(), failure=UNAVAILABLE,
                             try_time=0.0005)
-    assert ratio < 1.05
+    assert ratio <= 1.21
 
 
 def test_refused_connections_are_retried_outside_the_budget() -> None:
@@ -513,10 +526,11 @@ def test_refused_connections_are_retried_outside_the_budget() -> None:
 def test_outage_with_8_clients_slow_failures_and_a_low_floor_stays_under_1_2x(
         min_concurrent: int) -> None:
     # Each try as long as a whole backoff and more: 20% of 8 active requests is one
-    # retry in flight, so the upstream sees about 8 tries for every 7 requests.
+    # retry in flight (8 tries per 7 requests), and the rate rule's 0.2 retries per
+    # request is the larger allowance: about 1.2.
     ratio = simulate_outage(clients=8, requests=5000, budget=budget(min_concurrent=min_concurrent),
                             failure=UNAVAILABLE, try_time=1.0)
-    assert ratio <= 8 / 7 + 0.01
+    assert ratio <= 1.21
 
 
 def test_outage_with_8_clients_slow_failures_default_floor() -> None:
@@ -534,3 +548,60 @@ def test_outage_with_many_clients_is_bounded_by_the_ratio(
     ratio = simulate_outage(clients=100, requests=20_000, budget=budget(), failure=failure,
                             try_time=1.0)
     assert ratio <= 1.25
+
+
+# ---------------------------------------------------------------- the budget's rate rules
+
+
+def test_a_burst_is_let_through_by_the_retries_the_recent_traffic_earned() -> None:
+    clock = FakeClock()
+    b = budget(clock, min_concurrent=3)  # 0.2 x 8 active -> 3 in flight by concurrency
+    for _ in range(40):
+        b.on_request(clock.now())
+    # 8 clients stuck on one hung endpoint time out at once: 8 retries.
+    assert all(b.try_acquire(8) for _ in range(8))  # 0.2 x 40 requests = 8 earned
+    assert not b.try_acquire(8) and b.refused == 1
+
+
+def test_the_floor_rate_allows_retries_whatever_the_traffic() -> None:
+    clock = FakeClock()
+    b = budget(clock, min_concurrent=0, min_retry_rate=10)
+    assert all(b.try_acquire(0) for _ in range(10))
+    assert not b.try_acquire(0)
+    clock.advance(1.0)  # the next second
+    assert b.try_acquire(0)
+
+
+def test_earned_retries_expire_with_the_window() -> None:
+    clock = FakeClock()
+    b = budget(clock, min_concurrent=0, interval=10.0)
+    for _ in range(10):
+        b.on_request(clock.now())
+    clock.advance(10.0)  # every bucket of those requests has left the window
+    assert not b.try_acquire(1)
+    b.on_request(clock.now())
+    b.on_request(clock.now())
+    b.on_request(clock.now())
+    b.on_request(clock.now())
+    b.on_request(clock.now())
+    assert b.try_acquire(1) and not b.try_acquire(1)  # 0.2 x 5 = 1
+
+
+def test_a_long_gap_clears_the_window_in_bounded_work() -> None:
+    clock = FakeClock()
+    b = budget(clock, min_concurrent=0)
+    b.on_request(clock.now())
+    clock.advance(1e9)
+    assert not b.try_acquire(1)  # zeroes 10 buckets, not 1e9 of them
+
+
+def test_full_budget_under_an_outage_is_ratio_plus_the_floor_rate() -> None:
+    # Every rule on (the defaults). Fast failures from 8 clients for a few seconds: the
+    # tries stay near (1 + ratio) per request; the floor rate adds at most 10 a second.
+    clock = FakeClock()
+    default = RetryBudget(RetryBudgetConfig(), clock)
+    begin = clock.now()
+    ratio = simulate_outage(clients=8, requests=20_000, budget=default,
+                            failure=UNAVAILABLE, try_time=0.002, clock=clock)
+    seconds = clock.now() - begin
+    assert ratio <= 1.2 + 0.05 + 10 * seconds / 20_000
