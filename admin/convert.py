@@ -34,12 +34,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.admin.v1 import resources_pb2 as res
+from sidecar.config.admin import is_loopback_host
+from sidecar.core.addresses import parse_upstream_url
 from sidecar.core.breaker import BreakerState
 from sidecar.core.clock import Clock
 from sidecar.core.health import HealthStatus
 from sidecar.core.hosts import Host, OperatorStatus
 from sidecar.core.routing import RouteMatch, normalize_path
 from sidecar.errors import (
+    ConfigError,
+    ConfigIssue,
     EndpointExists,
     EndpointNotFound,
     EndpointNotRemovable,
@@ -51,7 +55,8 @@ from sidecar.errors import (
 from sidecar.events import Event, EventKind
 from sidecar.registry import ClusterMembers, ConfigInfo, EndpointInfo, EndpointStatus
 
-from .watch import Snapshot, WatchItem
+from .ops import NoConfigFile, ServerInfo
+from .watch import Snapshot, TooManyWatchers, WatchItem
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -84,6 +89,14 @@ __all__ = [
     "endpoint_to_proto",
     "event_to_proto",
     "likely_pick",
+    "log_level",
+    "log_level_number",
+    "issue_to_proto",
+    "config_source",
+    "server_info_to_proto",
+    "LOG_LEVEL_NAMES",
+    "SERVER_STATES",
+    "loops_back",
     "observed",
     "page_size",
     "paginate",
@@ -144,6 +157,9 @@ STATUS_CODES: Mapping[type[Exception], grpc.StatusCode] = {
     NoHealthCheck: grpc.StatusCode.FAILED_PRECONDITION,
     RouteNotFound: grpc.StatusCode.NOT_FOUND,
     RouteMethodNotAllowed: grpc.StatusCode.FAILED_PRECONDITION,
+    ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    NoConfigFile: grpc.StatusCode.FAILED_PRECONDITION,
+    TooManyWatchers: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 MAPPED_ERRORS: tuple[type[Exception], ...] = tuple(STATUS_CODES)
 
@@ -463,6 +479,35 @@ def registration(request: api.RegisterEndpointRequest) -> Registration:
                         dict(endpoint.labels))
 
 
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def loops_back(url: str, own: Sequence[tuple[str, int]],
+               local_hosts: frozenset[str] = frozenset()) -> str | None:
+    """Which of the sidecar's own addresses `url` points at, as "host:port", or None.
+
+    `own` holds (bind host, bound port) of the listener and the admin ports. A URL
+    loops when its port is bound there and its host is the bound host, any loopback
+    name for a loopback or wildcard bind, or one of `local_hosts` (this machine's
+    names) for a wildcard bind. A URL that does not parse is left to the registry.
+    """
+    try:
+        target = parse_upstream_url(url)
+    except ValueError:
+        return None
+    host = target.host.lower().strip("[]")
+    for bind_host, port in own:
+        if port != target.port or port == 0:
+            continue
+        bound = bind_host.lower().strip("[]")
+        wildcard = bound in _WILDCARDS
+        if (host == bound
+                or (is_loopback_host(host) and (wildcard or is_loopback_host(bound)))
+                or (wildcard and host in local_hosts)):
+            return f"{bind_host}:{port}"
+    return None
+
+
 UPDATE_PATHS = ("weight", "status", "labels")
 #: Longest `reason` a request may give (it goes into events and logs).
 MAX_REASON = 256
@@ -557,6 +602,74 @@ def trip_duration(request: api.TripBreakerRequest) -> float | None:
         raise InvalidArgument(f"duration must be at most {MAX_TRIP_DURATION:g}s (24h), got "
                               f"{value:g}s; to keep an endpoint out longer, disable it")
     return value
+
+
+# ---------------------------------------------------------------- operations
+
+#: SetLogLevel's levels by enum number, and back.
+LOG_LEVEL_NAMES: Mapping[int, str] = {
+    res.LOG_LEVEL_DEBUG: "debug",
+    res.LOG_LEVEL_INFO: "info",
+    res.LOG_LEVEL_WARNING: "warning",
+    res.LOG_LEVEL_ERROR: "error",
+}
+_LOG_LEVEL_NUMBERS = {name: number for number, name in LOG_LEVEL_NAMES.items()}
+#: The app's lifecycle states -> the API's (the app says "serving" for READY).
+SERVER_STATES: Mapping[str, int] = {
+    "starting": res.SERVER_STATE_STARTING,
+    "serving": res.SERVER_STATE_READY,
+    "ready": res.SERVER_STATE_READY,
+    "draining": res.SERVER_STATE_DRAINING,
+    "stopped": res.SERVER_STATE_STOPPED,
+}
+MAX_LOG_LEVEL_DURATION = 86_400.0
+
+
+def log_level(request: api.SetLogLevelRequest) -> tuple[str, float | None]:
+    """SetLogLevel's (level name, duration in seconds or None)."""
+    name = LOG_LEVEL_NAMES.get(request.level)
+    if name is None:
+        raise InvalidArgument("level is required: one of " + ", ".join(
+            res.LogLevel.Name(n) for n in LOG_LEVEL_NAMES))
+    if not request.HasField("duration"):
+        return name, None
+    seconds = request.duration.seconds + request.duration.nanos / 1e9
+    if not 0 < seconds <= MAX_LOG_LEVEL_DURATION:
+        raise InvalidArgument(f"duration must be positive and at most 24h, got {seconds:g}s")
+    return name, seconds
+
+
+def log_level_number(name: str) -> int:
+    return _LOG_LEVEL_NUMBERS.get(name, res.LOG_LEVEL_UNSPECIFIED)
+
+
+def config_source(request: api.ValidateConfigRequest) -> tuple[str | None, str | None]:
+    """ValidateConfig's (config_json, path): exactly one is set."""
+    which = request.WhichOneof("source")
+    if which is None:
+        raise InvalidArgument("give config_json or path")
+    if which == "path":
+        if not request.path:
+            raise InvalidArgument("path is empty")
+        return None, request.path
+    return request.config_json, None
+
+
+def issue_to_proto(issue: ConfigIssue) -> res.ConfigIssue:
+    return res.ConfigIssue(path=issue.path, message=issue.message)
+
+
+def server_info_to_proto(info: ServerInfo, config: ConfigInfo | None, level: str,
+                         version: str) -> api.GetServerInfoResponse:
+    message = api.GetServerInfoResponse(
+        version=version, pid=info.pid, start_time=timestamp(info.start_time),
+        uptime=duration(max(0.0, info.uptime)),
+        state=SERVER_STATES.get(info.state, res.SERVER_STATE_UNSPECIFIED),  # type: ignore[arg-type]
+        state_reason=info.state_reason,
+        log_level=log_level_number(level))  # type: ignore[arg-type]
+    if config is not None:
+        message.config.CopyFrom(config_info_to_proto(config))
+    return message
 
 
 # ---------------------------------------------------------------- route resolution

@@ -1,7 +1,17 @@
 """`sidecarctl`: the command-line client of the admin API.
 
 Talks to `sidecar.admin.v1.AdminService` through the betterproto2 typed sync stubs
-(`admin/client/`, generated) on a plain `grpc.insecure_channel`.
+(`admin/client/`, generated), on a plaintext channel, or TLS when `--ca-file` or a
+client certificate is given. Credentials, each also from the environment:
+
+* `--token-file FILE` ($SIDECARCTL_TOKEN_FILE), or $SIDECARCTL_TOKEN: sent as
+  `authorization: Bearer TOKEN` metadata; refused over plaintext to a target that is
+  not loopback or a unix: socket (it would cross the network in clear);
+* `--ca-file FILE` ($SIDECARCTL_CA_FILE): the CAs that sign the sidecar's certificate;
+* `--cert-file FILE`, `--key-file FILE` ($SIDECARCTL_CERT_FILE, $SIDECARCTL_KEY_FILE):
+  a client certificate for mTLS;
+* `--server-name NAME` ($SIDECARCTL_SERVER_NAME): the name to check in the sidecar's
+  certificate, when it is not the target's host.
 
 Command names, options, output and exit codes are a public interface:
 
@@ -62,17 +72,23 @@ with warnings.catch_warnings():
         EndpointStatus,
         GetConfigRequest,
         GetEndpointRequest,
+        GetServerInfoRequest,
         HealthCheckResult,
         HealthStatus,
         ListEndpointsRequest,
         ListEndpointsResponse,
+        LogLevel,
         RegisterEndpointRequest,
+        ReloadConfigRequest,
         ResetBreakerRequest,
         ResolveRouteRequest,
+        ServerState,
+        SetLogLevelRequest,
         StatusEvent,
         StatusSnapshot,
         TripBreakerRequest,
         UpdateEndpointRequest,
+        ValidateConfigRequest,
         WatchStatusRequest,
         WatchStatusResponse,
     )
@@ -87,9 +103,21 @@ EXIT_INTERRUPTED = 130  # Ctrl-C outside `watch`, as shells report SIGINT
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _STATUSES = ("active", "unhealthy", "disabled", "draining")
 _SETTABLE_STATUSES = ("active", "disabled", "draining")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 # ---------------------------------------------------------------- arguments
+
+_CREDENTIAL_FLAGS = (
+    ("--token-file", "SIDECARCTL_TOKEN_FILE",
+     "file holding a bearer token for the admin API ($SIDECARCTL_TOKEN: the token itself)"),
+    ("--ca-file", "SIDECARCTL_CA_FILE", "PEM CAs to verify the sidecar's certificate; "
+                                        "turns TLS on"),
+    ("--cert-file", "SIDECARCTL_CERT_FILE", "PEM client certificate (mTLS); turns TLS on"),
+    ("--key-file", "SIDECARCTL_KEY_FILE", "PEM private key of --cert-file"),
+    ("--server-name", "SIDECARCTL_SERVER_NAME",
+     "name to check in the sidecar's certificate (default the target's host)"),
+)
 
 
 def _positive_float(value: str) -> float:
@@ -145,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
                             default=default(DEFAULT_TIMEOUT),
                             help=f"deadline of each call (default {DEFAULT_TIMEOUT:g})")
+        for flag, env, text in _CREDENTIAL_FLAGS:
+            parser.add_argument(flag, metavar="FILE" if flag.endswith("file") else "NAME",
+                                default=default(os.environ.get(env) or None),
+                                help=f"{text} (default ${env})")
 
     common = argparse.ArgumentParser(add_help=False)
     add_globals(common, defaults=False)
@@ -203,6 +235,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra Jsonnet library directory; repeatable")
     cdiff.add_argument("--exit-code", action="store_true",
                        help="exit 1 when there are differences (like git diff --exit-code)")
+
+    cvalidate = config_sub.add_parser(
+        "validate", parents=[common],
+        help="have the sidecar validate a configuration (changes nothing): FILE rendered "
+             "here, or --path, a file the sidecar reads")
+    source = cvalidate.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", metavar="FILE", nargs="?", help=".jsonnet or .json, rendered "
+                                                                  "here")
+    source.add_argument("--path", metavar="PATH", help="a file on the sidecar's side")
+    cvalidate.add_argument("--ext-str", metavar="KEY=VALUE", type=parse_key_value,
+                           action="append", default=[],
+                           help="Jsonnet external variable for FILE; repeatable")
+    cvalidate.add_argument("-J", "--jpath", metavar="DIR", action="append", default=[],
+                           help="extra Jsonnet library directory for FILE; repeatable")
+    config_sub.add_parser("reload", parents=[common],
+                          help="re-read the sidecar's configuration file now")
+
+    level = sub.add_parser("log-level", parents=[common],
+                           help="set the sidecar's log level, for a while or until changed")
+    level.add_argument("level", choices=_LOG_LEVELS)
+    level.add_argument("--duration", type=_duration, metavar="D",
+                       help="put the previous level back after D, e.g. 10m (default: keep)")
+    sub.add_parser("info", parents=[common],
+                   help="version, pid, lifecycle state, uptime, serving config version")
 
     upd = ep_sub.add_parser("update", parents=[common],
                             help="change an endpoint's weight, status or labels")
@@ -398,6 +454,7 @@ class _Ctl:
         self.out = out
         self.err = err
         self.json = args.output == "json"
+        self.metadata: tuple[tuple[str, str], ...] = ()
 
     def emit(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -482,7 +539,7 @@ class _Ctl:
                 call = self.channel.unary_stream(
                     _WATCH_STATUS, request_serializer=WatchStatusRequest.SerializeToString,
                     response_deserializer=WatchStatusResponse.FromString,
-                )(WatchStatusRequest(cluster=self.args.cluster))
+                )(WatchStatusRequest(cluster=self.args.cluster), metadata=self.metadata)
                 interrupt.call = call
                 try:
                     self._watch_stream(call, interrupt)
@@ -561,6 +618,75 @@ class _Ctl:
                        f"(version {loaded.version[:12]})"])
         return EXIT_ERROR if diff and args.exit_code else EXIT_OK
 
+
+    # ---- operations
+
+    def config_validate(self) -> int:
+        args = self.args
+        if args.path:
+            request = ValidateConfigRequest(path=args.path)
+            shown = args.path
+        else:
+            from sidecar.config.loader import render_data
+            from sidecar.errors import ConfigError
+
+            try:
+                data = render_data(args.file, dict(args.ext_str), args.jpath)
+            except ConfigError as exc:
+                for issue in exc.issues:
+                    self.err.write(f"{exc.source}: {issue}\n")
+                return EXIT_ERROR
+            request = ValidateConfigRequest(config_json=json.dumps(data))
+            shown = args.file
+        response = self.stub.validate_config(request)
+        if self.json:
+            self.emit_json(response.to_dict(include_default_values=True))
+        elif response.valid:
+            change = ("differs from the serving one" if response.changed
+                      else "is what is serving")
+            self.emit([f"{shown}: ok (version {response.version[:12]}); it {change}"])
+        else:
+            self.emit([f"{shown}: {i.path}: {i.message}" if i.path else f"{shown}: {i.message}"
+                       for i in response.issues])
+        return EXIT_OK if response.valid else EXIT_ERROR
+
+    def config_reload(self) -> int:
+        response = self.stub.reload_config(ReloadConfigRequest())
+        if self.json:
+            self.emit_json(response.to_dict(include_default_values=True))
+        else:
+            version = response.config.version[:12] if response.config else "-"
+            self.emit([f"reloaded: version {version}" if response.changed
+                       else f"unchanged: version {version}"])
+        return EXIT_OK
+
+    def log_level(self) -> int:
+        duration = (datetime.timedelta(seconds=self.args.duration)
+                    if self.args.duration is not None else None)
+        response = self.stub.set_log_level(SetLogLevelRequest(
+            level=LogLevel[self.args.level.upper()], duration=duration))
+        if self.json:
+            self.emit_json(response.to_dict(include_default_values=True))
+        else:
+            until = (f" until {_time(response.revert_time)}, then "
+                     f"{response.previous_level.name.lower()}"
+                     if response.revert_time is not None else "")
+            self.emit([f"log level {response.level.name.lower()} (was "
+                       f"{response.previous_level.name.lower()}){until}"])
+        return EXIT_OK
+
+    def info(self) -> int:
+        r = self.stub.get_server_info(GetServerInfoRequest())
+        if self.json:
+            self.emit_json(r.to_dict(include_default_values=True))
+            return EXIT_OK
+        state = r.state.name if r.state != ServerState.UNSPECIFIED else "?"
+        self.emit(_fields([
+            ("version", r.version), ("pid", str(r.pid)), ("state", state),
+            ("why", r.state_reason or "-"), ("started", _time(r.start_time)),
+            ("uptime", _seconds(r.uptime)), ("log level", r.log_level.name.lower()),
+            ("config", r.config.version[:12] if r.config else "-")]))
+        return EXIT_OK
 
     # ---- endpoints update, breakers, health, route
 
@@ -739,6 +865,10 @@ _COMMANDS: dict[tuple[str, str | None], Callable[[_Ctl], int]] = {
     ("breakers", "reset"): _Ctl.breakers_reset,
     ("health", "check"): _Ctl.health_check,
     ("route", "resolve"): _Ctl.route_resolve,
+    ("config", "validate"): _Ctl.config_validate,
+    ("config", "reload"): _Ctl.config_reload,
+    ("log-level", None): _Ctl.log_level,
+    ("info", None): _Ctl.info,
 }
 
 
@@ -765,6 +895,95 @@ class _DefaultDeadline(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return continuation(details, request)
 
 
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Add the credentials' metadata (`authorization`) to every call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        if not self._metadata:
+            return details
+        return _ClientCallDetails(details.method, details.timeout,
+                                  (*(details.metadata or ()), *self._metadata),
+                                  details.credentials, details.wait_for_ready,
+                                  details.compression)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def _local_target(target: str) -> bool:
+    from sidecar.config.admin import is_loopback_host
+    from sidecar.core.addresses import parse_host_port
+
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    try:
+        return is_loopback_host(parse_host_port(target).host)
+    except ValueError:
+        return False
+
+
+class _Connection:
+    """How to reach the sidecar: target, TLS credentials, call metadata."""
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None,
+                 options: list[tuple[str, str]],
+                 metadata: tuple[tuple[str, str], ...]) -> None:
+        self.target = target
+        self.credentials = credentials
+        self.options = options
+        self.metadata = metadata
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> _Connection:
+        token: str | None = None
+        if args.token_file:
+            token = _read(args.token_file, "--token-file").decode("utf-8", "replace").strip()
+            if not token:
+                raise _UsageError(f"--token-file {args.token_file}: the file is empty")
+        elif os.environ.get("SIDECARCTL_TOKEN"):
+            token = os.environ["SIDECARCTL_TOKEN"].strip()
+        if bool(args.cert_file) != bool(args.key_file):
+            raise _UsageError("--cert-file and --key-file go together")
+        tls = bool(args.ca_file or args.cert_file)
+        credentials = None
+        if tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(args.ca_file, "--ca-file") if args.ca_file else None,
+                private_key=_read(args.key_file, "--key-file") if args.key_file else None,
+                certificate_chain=(_read(args.cert_file, "--cert-file") if args.cert_file
+                                   else None))
+        elif token is not None and not _local_target(args.target):
+            raise _UsageError(f"refusing to send a token in clear to {args.target}: give "
+                              "--ca-file (TLS), or use a loopback or unix: target")
+        options = ([("grpc.ssl_target_name_override", args.server_name)]
+                   if tls and args.server_name else [])
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return cls(args.target, credentials, options, metadata)
+
+    def open(self) -> grpc.Channel:
+        if self.credentials is not None:
+            return grpc.secure_channel(self.target, self.credentials, options=self.options)
+        return grpc.insecure_channel(self.target, options=self.options)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -778,9 +997,17 @@ def run(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     command = _COMMANDS[(args.command, getattr(args, "action", None))]
     try:
-        with grpc.insecure_channel(args.target) as channel:
-            intercepted = grpc.intercept_channel(channel, _DefaultDeadline(args.timeout))
-            return command(_Ctl(args, AdminServiceStub(intercepted), channel, stdout, stderr))
+        connection = _Connection.from_args(args)
+    except _UsageError as exc:
+        stderr.write(f"sidecarctl: error: {exc}\n")
+        return EXIT_USAGE
+    try:
+        with connection.open() as channel:
+            intercepted = grpc.intercept_channel(
+                channel, _DefaultDeadline(args.timeout), _Metadata(connection.metadata))
+            ctl = _Ctl(args, AdminServiceStub(intercepted), channel, stdout, stderr)
+            ctl.metadata = connection.metadata
+            return command(ctl)
     except grpc.RpcError as exc:
         code: grpc.StatusCode = exc.code()
         details = _one_line(exc.details() or "")

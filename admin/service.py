@@ -11,7 +11,8 @@ only; anything unmapped becomes INTERNAL via grpc.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -20,11 +21,12 @@ from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.admin.v1 import admin_service_pb2_grpc as api_grpc
 from sidecar.admin.v1 import resources_pb2 as res
 from sidecar.core.clock import Clock, SystemClock
-from sidecar.errors import EndpointNotFound
+from sidecar.errors import EndpointNotFound, InvalidEndpoint
 from sidecar.events import Event
 from sidecar.registry import Endpoint, EndpointInfo, Registry
 
 from . import convert
+from .ops import LogLevelTimer, Operations, current_log_level, software_version
 from .watch import WatchHub
 
 __all__ = ["SERVICE_NAME", "AdminService", "CheckHealth"]
@@ -69,17 +71,28 @@ class AdminService(api_grpc.AdminServiceServicer):
             FAILED_PRECONDITION.
         clock: the registry's clock, to show the breakers' monotonic times as wall
             time; the system clock (the registry's default) if not given.
+        own_addresses: the sidecar's own (bind host, bound port) pairs (listener,
+            admin ports); registering an endpoint at one of them is refused (a loop).
+        operations: validation, reload and lifecycle of the sidecar (ValidateConfig,
+            ReloadConfig, GetServerInfo); None answers FAILED_PRECONDITION.
     """
 
     def __init__(self, registry: Registry, config_json: Callable[[], str], *,
                  watch_hub: WatchHub | None = None, check_health: CheckHealth | None = None,
-                 resolve: convert.Resolve | None = None, clock: Clock | None = None) -> None:
+                 resolve: convert.Resolve | None = None, clock: Clock | None = None,
+                 own_addresses: Callable[[], Sequence[tuple[str, int]]] | None = None,
+                 operations: Operations | None = None) -> None:
         self._registry = registry
+        self._operations = operations
+        self.log_level = LogLevelTimer()
+        self._own_addresses = own_addresses
+        self._local_hosts = frozenset({socket.gethostname().lower()})
         self._config_json = config_json
         self.watch_hub = watch_hub or WatchHub(registry)
         self._check_health = check_health
         self._resolve = resolve
-        self._wall = convert.WallTime(clock or SystemClock())
+        self._clock = clock or SystemClock()
+        self._wall = convert.WallTime(self._clock)
 
     # ------------------------------------------------------------ helpers
 
@@ -105,6 +118,11 @@ class AdminService(api_grpc.AdminServiceServicer):
                                context: grpc.aio.ServicerContext
                                ) -> api.RegisterEndpointResponse:
         args = convert.registration(request)
+        if self._own_addresses is not None:
+            own = convert.loops_back(args.url, self._own_addresses(), self._local_hosts)
+            if own is not None:
+                raise InvalidEndpoint(f"url {args.url!r} is this sidecar's own address "
+                                      f"({own}): requests to it would loop")
         info = self._registry.register(args.cluster, args.url, endpoint_id=args.endpoint_id,
                                        weight=args.weight, status=args.status,
                                        labels=args.labels)
@@ -140,7 +158,11 @@ class AdminService(api_grpc.AdminServiceServicer):
     async def WatchStatus(self, request: api.WatchStatusRequest,
                           context: grpc.aio.ServicerContext
                           ) -> AsyncIterator[api.WatchStatusResponse]:
-        watcher = self.watch_hub.open(request.cluster)
+        try:
+            watcher = self.watch_hub.open(request.cluster)
+        except convert.MAPPED_ERRORS as exc:
+            await context.abort(*convert.status_for(exc))
+            raise AssertionError("unreachable: abort raises") from None
         try:
             while (item := await watcher.next()) is not None:
                 if isinstance(item, Event) and item.kind not in convert.STREAMED_KINDS:
@@ -224,3 +246,53 @@ class AdminService(api_grpc.AdminServiceServicer):
         match = convert.resolve_route(self._resolve, query)
         return convert.resolution_to_proto(match, self._registry.clusters.get(match.cluster),
                                            self._wall)
+
+    # ------------------------------------------------------------ operations
+
+    def _ops(self) -> Operations:
+        if self._operations is None:
+            raise convert.NotConfigured("configuration operations are not available in "
+                                        "this sidecar")
+        return self._operations
+
+    @_translate_errors
+    async def ValidateConfig(self, request: api.ValidateConfigRequest,
+                             context: grpc.aio.ServicerContext) -> api.ValidateConfigResponse:
+        config_json, path = convert.config_source(request)
+        result = await self._ops().validate(config_json, path)
+        serving = self._registry.config_info
+        return api.ValidateConfigResponse(
+            valid=not result.issues, issues=[convert.issue_to_proto(i) for i in result.issues],
+            version=result.version,
+            changed=bool(result.version) and (serving is None
+                                              or serving.version != result.version))
+
+    @_translate_errors
+    async def ReloadConfig(self, request: api.ReloadConfigRequest,
+                           context: grpc.aio.ServicerContext) -> api.ReloadConfigResponse:
+        before = self._registry.config_info
+        await self._ops().reload()
+        after = self._registry.config_info
+        if after is None:
+            raise convert.ConfigNotLoaded("no configuration has been loaded yet")
+        return api.ReloadConfigResponse(config=convert.config_info_to_proto(after),
+                                        changed=before is None or before.version != after.version)
+
+    @_translate_errors
+    async def SetLogLevel(self, request: api.SetLogLevelRequest,
+                          context: grpc.aio.ServicerContext) -> api.SetLogLevelResponse:
+        level, seconds = convert.log_level(request)
+        previous = self.log_level.set(level, seconds)
+        response = api.SetLogLevelResponse(
+            level=convert.log_level_number(level),  # type: ignore[arg-type]
+            previous_level=convert.log_level_number(previous))  # type: ignore[arg-type]
+        if seconds is not None:
+            response.revert_time.CopyFrom(convert.timestamp(self._wall(self._clock.now()
+                                                                       + seconds)))
+        return response
+
+    @_translate_errors
+    async def GetServerInfo(self, request: api.GetServerInfoRequest,
+                            context: grpc.aio.ServicerContext) -> api.GetServerInfoResponse:
+        return convert.server_info_to_proto(self._ops().info(), self._registry.config_info,
+                                            current_log_level(), software_version())

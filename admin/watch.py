@@ -36,9 +36,15 @@ from dataclasses import dataclass
 from sidecar.events import Event, EventKind
 from sidecar.registry import ConfigInfo, EndpointInfo, Registry
 
-__all__ = ["DEFAULT_MAX_QUEUE", "Snapshot", "WatchHub", "WatchItem", "Watcher"]
+__all__ = ["DEFAULT_MAX_QUEUE", "DEFAULT_MAX_WATCHERS", "Snapshot", "TooManyWatchers",
+           "WatchHub", "WatchItem", "Watcher"]
 
 DEFAULT_MAX_QUEUE = 1024
+DEFAULT_MAX_WATCHERS = 64
+
+
+class TooManyWatchers(RuntimeError):
+    """`max_watchers` streams are open already (RESOURCE_EXHAUSTED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +158,16 @@ class Watcher:
 
 
 class WatchHub:
-    """Every open Watcher of one registry, so shutdown can end all streams at once."""
+    """Every open Watcher of one registry, so shutdown can end all streams at once,
+    and at most `max_watchers` of them."""
 
-    def __init__(self, registry: Registry, *, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+    def __init__(self, registry: Registry, *, max_queue: int = DEFAULT_MAX_QUEUE,
+                 max_watchers: int = DEFAULT_MAX_WATCHERS) -> None:
+        if max_watchers < 1:
+            raise ValueError("max_watchers must be at least 1")
         self._registry = registry
         self._max_queue = max_queue
+        self.max_watchers = max_watchers
         self._watchers: set[Watcher] = set()
         self._closed = False
 
@@ -169,7 +180,11 @@ class WatchHub:
         return self._closed
 
     def open(self, cluster: str = "") -> Watcher:
-        """A new watcher, subscribed already; closed at once if the hub is closed."""
+        """A new watcher, subscribed already; closed at once if the hub is closed.
+        TooManyWatchers when `max_watchers` are open."""
+        if len(self._watchers) >= self.max_watchers and not self._closed:
+            raise TooManyWatchers(f"{self.max_watchers} WatchStatus streams are open "
+                                  "already (admin.max_watchers); close one or try later")
         watcher = Watcher(self._registry, cluster, max_queue=self._max_queue,
                           on_close=self._watchers.discard)
         self._watchers.add(watcher)

@@ -1,7 +1,7 @@
 """The composition root: builds the sidecar from a config and runs its three listeners.
 
 One process, one event loop (uvloop when installed): the data-plane listener
-(aiohttp low-level server + `Proxy`), the admin HTTP port (/metrics, /live,
+(llhttp on asyncio.Protocol + `Proxy`), the admin HTTP port (/metrics, /live,
 /ready) and the admin gRPC server (grpc.aio). Lifecycle::
 
     STARTING -> SERVING -> DRAINING -> STOPPED
@@ -29,6 +29,7 @@ from sidecar.config.model import SidecarConfig, config_version
 from sidecar.core.addresses import parse_host_port
 from sidecar.core.routing import RouteMatch
 from sidecar.dataplane.checker import HealthChecker
+from sidecar.dataplane.listener import Listener
 from sidecar.dataplane.proxy import DataPlaneState, Proxy
 from sidecar.events import Event, EventKind
 from sidecar.observe.logs import set_level
@@ -57,7 +58,7 @@ class Sidecar:
         self.proxy: Proxy | None = None
         self.ports: dict[str, int] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._web_server: web.Server | None = None
+        self._listener: Listener | None = None
         self._admin_runner: web.AppRunner | None = None
         self._admin_grpc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,16 +91,18 @@ class Sidecar:
         await site.start()
         self.ports["admin_http"] = bound_port(site._server)
 
-        from admin.server import AdminServer
+        from admin.ops import SidecarOperations
+        from admin.server import AdminServer, own_addresses
 
-        self._admin_grpc = AdminServer(
-            self.registry, self.config_json, check_health=self.checker.check_now,
-            resolve=self._resolve_route)
+        self._admin_grpc = AdminServer.from_config(
+            admin, self.registry, self.config_json, check_health=self.checker.check_now,
+            resolve=self._resolve_route, operations=SidecarOperations(self),
+            own_addresses=lambda: own_addresses(self.config, self.ports))
         self.ports["admin_grpc"] = await self._admin_grpc.start(admin.grpc_address)
 
         listen = parse_host_port(config.listener.address, allow_zero_port=True)
-        self._web_server = make_server(self.proxy, config.listener)
-        self._server = await loop.create_server(self._web_server, listen.host, listen.port,
+        self._listener = make_server(self.proxy, config.listener)
+        self._server = await loop.create_server(self._listener, listen.host, listen.port,
                                                 reuse_address=True, backlog=1024)
         self.ports["listener"] = bound_port(self._server)
         await self.checker.start()
@@ -123,10 +126,11 @@ class Sidecar:
         await self.checker.stop()
         if self._server is not None:
             self._server.close()  # stop accepting; open connections stay
-        if self._web_server is not None:
-            # Lets each connection finish its request in flight, then closes it.
+        if self._listener is not None:
+            # Idle connections close now; the others answer their request in flight
+            # with `Connection: close`, then close.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._web_server.shutdown(timeout), timeout + 1)
+                await asyncio.wait_for(self._listener.shutdown(timeout), timeout + 1)
         if self._server is not None:
             await self._server.wait_closed()
         if self.proxy is not None:
@@ -191,6 +195,11 @@ class Sidecar:
             ("admin.grpc_address", old.admin.grpc_address, config.admin.grpc_address),
             ("admin.http_address", old.admin.http_address, config.admin.http_address),
             ("admin.state_file", old.admin.state_file, config.admin.state_file),
+            ("admin.auth", old.admin.auth, config.admin.auth),
+            ("admin.tls", old.admin.tls, config.admin.tls),
+            ("admin.max_watchers", old.admin.max_watchers, config.admin.max_watchers),
+            ("admin.max_message_bytes", old.admin.max_message_bytes,
+             config.admin.max_message_bytes),
         ) if before != after]
         if restart_only:
             log.warning("these fields change only on restart; the running values stay",

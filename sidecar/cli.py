@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 log = logging.getLogger("sidecar")
+# Errors of binding an address (the others come from files the config names).
+_ADDRESS_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 __all__ = ["build_parser", "check_run_flags", "main", "parse_args", "parse_key_value",
            "quick_config", "run_from_args"]
@@ -262,10 +265,13 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         await sidecar.start()
     except OSError as exc:
-        log.error("cannot listen", extra={
-            "error": str(exc),
-            "hint": "another process has the port; choose others with --listen, "
-                    "--admin-grpc, --admin-http (port 0 picks a free one)"})
+        if exc.filename is None and (exc.errno in _ADDRESS_ERRORS or "cannot listen" in str(exc)):
+            log.error("cannot listen", extra={
+                "error": str(exc),
+                "hint": "another process has the port; choose others with --listen, "
+                        "--admin-grpc, --admin-http (port 0 picks a free one)"})
+        else:  # a file the config names (TLS key, token file...) could not be used
+            log.error("cannot start", extra={"error": str(exc)})
         await sidecar.stop(0)
         return 1
     sidecar.install_signal_handlers()

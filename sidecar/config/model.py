@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
 )
 
+from sidecar.config.admin import AdminConfig
 from sidecar.config.resilience import (
     CircuitBreakerConfig,
     FallbackConfig,
@@ -106,18 +107,6 @@ class ListenerConfig(_Model):
         if value is not None and not (value.startswith("/") and value.endswith("/")):
             raise ValueError("must start and end with '/'")
         return value
-
-
-class AdminConfig(_Model):
-    """The admin plane: gRPC API and the HTTP port for /metrics, /live, /ready."""
-
-    grpc_address: str = Field("127.0.0.1:9901", description="HOST:PORT of AdminService.")
-    http_address: str = Field("127.0.0.1:9902",
-                              description="HOST:PORT of /metrics, /live and /ready.")
-    state_file: str | None = Field(
-        None, description="File keeping endpoints registered at run time across restarts.")
-
-    _check_addresses = field_validator("grpc_address", "http_address")(_address)
 
 
 class LoggingConfig(_Model):

@@ -176,15 +176,91 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
   },
 
   // admin(): the admin plane.
-  //   grpc_address  '127.0.0.1:9901'  AdminService (gRPC)
-  //   http_address  '127.0.0.1:9902'  /metrics, /live and /ready
-  //   state_file    null              file keeping endpoints registered at run
-  //                                   time across restarts; null keeps none
-  admin(grpc_address='127.0.0.1:9901', http_address='127.0.0.1:9902', state_file=null)::
+  //   grpc_address       '127.0.0.1:9901'  AdminService (gRPC): HOST:PORT, or
+  //                                        unix:PATH for a Unix socket (mode 0600);
+  //                                        a non-loopback address needs tls and auth
+  //   http_address       '127.0.0.1:9902'  /metrics, /live and /ready
+  //   state_file         null              file keeping endpoints registered at run
+  //                                        time across restarts; null keeps none
+  //   auth               null              adminAuth(): tokens, JWT, roles; null:
+  //                                        every local caller is admin
+  //   tls                null              adminTls(): TLS, or mTLS
+  //   max_watchers       64                WatchStatus streams at once; more get
+  //                                        RESOURCE_EXHAUSTED
+  //   max_message_bytes  4194304           largest request message (4 MiB)
+  //   audit_log          true              one JSON line per mutating call on the
+  //                                        logger sidecar.audit
+  admin(grpc_address='127.0.0.1:9901', http_address='127.0.0.1:9902', state_file=null,
+        auth=null, tls=null, max_watchers=64, max_message_bytes=4194304, audit_log=true)::
     withoutNulls({
       grpc_address: grpc_address,
       http_address: http_address,
       state_file: state_file,
+      auth: auth,
+      tls: tls,
+      max_watchers: max_watchers,
+      max_message_bytes: max_message_bytes,
+      audit_log: audit_log,
+    }),
+
+  // adminAuth(): who may call the admin API. Give tokens, jwt or client_cert_role.
+  //   tokens            []     adminToken()s
+  //   jwt               null   adminJwt()
+  //   client_cert_role  null   'read' | 'admin': role of a caller with a verified
+  //                            client certificate and no token; null: token needed
+  //   open_reflection   false  server reflection without credentials
+  adminAuth(tokens=[], jwt=null, client_cert_role=null, open_reflection=false)::
+    withoutNulls({
+      tokens: tokens,
+      jwt: jwt,
+      client_cert_role: client_cert_role,
+      open_reflection: open_reflection,
+    }),
+
+  // adminToken(name): a bearer token, read from token_file or token_env (never
+  // written in the configuration).
+  //   name        required  who holds it (the audit log's `who`)
+  //   token_file  null      file holding the token; give this or token_env
+  //   token_env   null      environment variable holding the token
+  //   role        'read'    'read' | 'admin'
+  adminToken(name=error 'adminToken: name is required', token_file=null, token_env=null,
+             role='read')::
+    withoutNulls({
+      name: name,
+      token_file: token_file,
+      token_env: token_env,
+      role: role,
+    }),
+
+  // adminJwt(issuer, audience): JWT bearer tokens verified against key_file (PEM
+  // public key) or jwks_file (JSON Web Key Set); give one.
+  //   role_claim  'role'   claim holding 'read' or 'admin' (or a list of them);
+  //                        dots reach into objects: 'realm_access.roles'
+  //   leeway      '30s'    clock skew allowed for exp and nbf
+  //   algorithms  RS256, RS384, RS512, PS256, ES256, ES384, EdDSA
+  adminJwt(issuer=error 'adminJwt: issuer is required',
+           audience=error 'adminJwt: audience is required', key_file=null, jwks_file=null,
+           role_claim='role', leeway='30s',
+           algorithms=['RS256', 'RS384', 'RS512', 'PS256', 'ES256', 'ES384', 'EdDSA'])::
+    withoutNulls({
+      issuer: issuer,
+      audience: audience,
+      key_file: key_file,
+      jwks_file: jwks_file,
+      role_claim: role_claim,
+      leeway: leeway,
+      algorithms: algorithms,
+    }),
+
+  // adminTls(cert_file, key_file): TLS for the admin gRPC server.
+  //   client_ca_file  null  CAs of client certificates: mTLS, every client must
+  //                         present one and its subject is the caller's identity
+  adminTls(cert_file=error 'adminTls: cert_file is required',
+           key_file=error 'adminTls: key_file is required', client_ca_file=null)::
+    withoutNulls({
+      cert_file: cert_file,
+      key_file: key_file,
+      client_ca_file: client_ca_file,
     }),
 
   // logging():

@@ -240,6 +240,13 @@ class UpstreamConnection(asyncio.Protocol):
             if self._restart_parser:  # we stopped llhttp after a HEAD response's head
                 self._restart_parser = False
                 self._parser = httptools.HttpResponseParser(self)
+            elif (self._state == DONE and self._resp is not None
+                  and self._resp.status in (204, 304)):
+                # A 204 or 304 ends at its blank line whatever follows (RFC 9112 6.3):
+                # the response stands, the connection is not used again. Bytes after
+                # any other complete response mean its framing was wrong: it fails.
+                self._state = CLOSED
+                self._transport.abort()
             else:
                 self._fail(UpstreamProtocolError(), exc)
                 return

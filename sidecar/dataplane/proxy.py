@@ -2,14 +2,14 @@
 
 Theory of operation, per request:
 
-1. Validate what aiohttp's strict parser does not (Host, request target, CONNECT).
+1. Validate what the listener's strict parser does not (Host, request target, CONNECT).
 2. Route with the `RouteTable` of the snapshot current when the request arrived;
    a reload swaps `Proxy.state` and never touches a request in flight.
 3. Pick an endpoint from the cluster's routable tuple (registry, copy-on-write).
 4. Build the upstream head in one pass (`headers.build_request_head`), send it with
    the body through the endpoint's `UpstreamPool`, under the total timeout.
 5. If the whole upstream response has already arrived, answer with one write;
-   otherwise stream the body with flow control (aiohttp's `write` drains, the
+   otherwise stream the body with flow control (`Request.write` drains, the
    pool pauses the upstream socket when its buffer is full).
 
 Errors before the response starts become JSON bodies with the right status;
@@ -25,9 +25,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
-
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
 
 from sidecar.config.model import ClusterSettings, SidecarConfig
 from sidecar.core.clock import Clock, SystemClock
@@ -67,14 +64,9 @@ from sidecar.core.routing import Route, RouteMatch, RouteTable, normalize_path
 from sidecar.dataplane.body import BUFFER_REQUEST_BODY, RequestBody
 from sidecar.dataplane.connection import StaleConnection
 from sidecar.dataplane.deadlines import DeadlineWheel
+from sidecar.dataplane.listener import Request
 from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
-from sidecar.dataplane.response import (
-    ProxyResponse,
-    connection_field,
-    error_response,
-    is_chunked,
-    keeps_alive,
-)
+from sidecar.dataplane.response import ProxyResponse, connection_field, error_response
 from sidecar.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -117,7 +109,6 @@ _FALLBACK_REASONS: dict[type[ProxyError], str] = {
 _FALLBACK_FIELDS = {kind: b"%s: %s\r\n" % fallback_header(kind)
                     for kind in (CACHE, CLUSTER, STATIC)}
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -192,9 +183,32 @@ class DataPlaneState:
         return policy
 
 
-async def _stream_body(request: BaseRequest) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
-        yield chunk
+def _routable_path(target: str) -> str:
+    """The origin-form target routing decides on, and the upstream gets.
+
+    Dot segments are removed (RFC 3986 5.2.4), also when percent-encoded (`%2e%2e`,
+    `%2E.`: `%2E` is an unreserved character, RFC 3986 6.2.2.2, so it is decoded):
+    `/api/%2e%2e/admin` routes, and is forwarded, as `/admin`. An encoded slash or
+    backslash (`%2F`, `%5C`) and a raw backslash in the path are refused (400): an
+    upstream that decodes them would see a path other than the one routed. A `#`
+    is not part of a request target (RFC 9112 3.2): 400.
+    """
+    if "%" not in target and "/." not in target and "\\" not in target and "#" not in target:
+        return target  # the usual case
+    if "#" in target:
+        raise BadRequest("The request target must not contain a fragment.")
+    path, sep, query = target.partition("?")
+    if "%" in path:
+        lowered = path.lower()
+        if "%2f" in lowered or "%5c" in lowered:
+            raise BadRequest("The request path must not contain an encoded slash.")
+        if "%2e" in lowered:
+            path = path.replace("%2e", ".").replace("%2E", ".")
+    if "\\" in path:
+        raise BadRequest("The request path must not contain a backslash.")
+    if "/." in path:
+        return normalize_path(path + sep + query)
+    return path + sep + query if sep else path
 
 
 def _host_without_port(host: str) -> str:
@@ -207,7 +221,7 @@ def _host_without_port(host: str) -> str:
 
 
 class Proxy:
-    """The aiohttp low-level handler (`web.Server(proxy.handle)`)."""
+    """The data-plane handler: `Listener(proxy.handle)` (sidecar.dataplane.listener)."""
 
     def __init__(self, registry: Registry, metrics: Metrics, state: DataPlaneState,
                  *, proto: bytes = b"http", clock: Clock | None = None) -> None:
@@ -260,24 +274,23 @@ class Proxy:
         host.pool = pool
         return pool
 
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> ProxyResponse:
         start = self._clock()
         metrics = self.metrics
         metrics.active_requests += 1
-        headers = request.headers
-        incoming_id = headers.get("X-Request-Id")
+        incoming_id = request.request_id
         request_id = (incoming_id if incoming_id is not None and valid_request_id(incoming_id)
                       else new_request_id().decode())
         request_id_var.set(request_id)  # for any log line written while handling it
-        version = b"1.1" if request.version[1] == 1 else b"1.0"
+        version = request.version
         route_name = cluster_name = ""
         status = 500
         try:
             state = self.state
             method = request.method
-            host = headers.get("Host")
+            host = request.host
             if host is None:
-                if request.version >= (1, 1):
+                if version == b"1.1":
                     raise BadRequest("HTTP/1.1 requests need a Host header.")
                 host = ""
             if method == "CONNECT":
@@ -285,9 +298,8 @@ class Proxy:
                                         "PUT"))
             target = request.raw_path
             if not target.startswith("/"):
-                target = self._origin_form(target)
-            if "/." in target:
-                target = normalize_path(target)
+                target, host = self._origin_form(request, target)
+            target = _routable_path(target)
             routes = state.routes
             match = routes.match(_host_without_port(host) if routes.uses_host else "", method,
                                  target)
@@ -298,7 +310,7 @@ class Proxy:
             return response
         except ProxyError as error:
             status = error.status
-            keep_alive = (keeps_alive(request)
+            keep_alive = (request.keep_alive
                           and not isinstance(error, BadRequest) and request.method != "CONNECT")
             return error_response(error, request_id, version, keep_alive=keep_alive)
         except asyncio.CancelledError:
@@ -316,20 +328,36 @@ class Proxy:
                     "cluster": cluster_name})
 
     @staticmethod
-    def _origin_form(target: str) -> str:
-        """Absolute-form targets (RFC 9112 3.2.2) are accepted; anything else is 400."""
+    def _origin_form(request: Request, target: str) -> tuple[str, str]:
+        """Absolute-form targets (RFC 9112 3.2.2) are accepted, and their authority
+        replaces the Host field (routing, forwarding); anything else is 400."""
         lowered = target[:8].lower()
         if lowered.startswith("http://") or lowered.startswith("https://"):
             rest = target.split("://", 1)[1]
             slash = rest.find("/")
             query = rest.find("?")
             if slash == -1 or (query != -1 and query < slash):
-                return "/" + (rest[query:] if query != -1 else "")
-            return rest[slash:]
+                end = query if query != -1 else len(rest)
+                path = "/" + (rest[query:] if query != -1 else "")
+            else:
+                end = slash
+                path = rest[slash:]
+            authority = rest[:end]
+            if not authority or "@" in authority:
+                raise BadRequest("The request target's authority is invalid.")
+            if authority != request.host:
+                raw = authority.encode("utf-8", "surrogateescape")
+                if request.host is None:
+                    request.raw_headers = [*request.raw_headers, (b"Host", raw)]
+                else:
+                    request.raw_headers = [(name, raw if name.lower() == b"host" else value)
+                                           for name, value in request.raw_headers]
+                request.host = authority
+            return path, authority
         raise BadRequest("The request target must be an absolute path.")
 
-    async def _forward(self, request: BaseRequest, state: DataPlaneState, match: RouteMatch,
-                       rid: bytes, version: bytes) -> web.StreamResponse:
+    async def _forward(self, request: Request, state: DataPlaneState, match: RouteMatch,
+                       rid: bytes, version: bytes) -> ProxyResponse:
         """The route's cluster answers (`_serve`); when it cannot, the route's fallback
         may (`_fall_back`): the last good answer, another cluster, or a static one."""
         members = self.registry.clusters.get(match.cluster)
@@ -337,12 +365,13 @@ class Proxy:
             raise NoRoute()
         route = match.route
         policy = state.retry_policy(route, members.settings)
-        body = await self._request_body(request, policy.config.retry_buffer_bytes)
+        body = (await self._request_body(request, policy.config.retry_buffer_bytes)
+                if request.chunked or request.content_length else _NO_BODY)
         if route.fallback is None:
             return await self._serve(request, match, members, policy, body, rid, version)
         plan = state.fallback_plan(route)
         cache = self._cache(route)
-        key = (route.name, request.headers.get("Host", ""), match.target)
+        key = (route.name, request.host or "", match.target)
         store = None
         if cache is not None and plan.caches(request.method, 200):
             def store(upstream: UpstreamResponse, answer: bytes) -> None:
@@ -373,10 +402,10 @@ class Proxy:
         assert failure is not None
         raise failure
 
-    async def _fall_back(self, request: BaseRequest, state: DataPlaneState, match: RouteMatch,
+    async def _fall_back(self, request: Request, state: DataPlaneState, match: RouteMatch,
                          plan: FallbackPlan, cache: ResponseCache | None, key: tuple[str, ...],
                          body: RequestBody, reason: str, rid: bytes,
-                         version: bytes) -> web.StreamResponse | None:
+                         version: bytes) -> ProxyResponse | None:
         """The first of the route's fallbacks that answers, or None."""
         route = match.route
         method = request.method
@@ -385,7 +414,7 @@ class Proxy:
                                     allow_non_idempotent=route.retry_non_idempotent,
                                     body=body.state) is None
         for kind in plan.choose(method, can_resend=can_resend):
-            response: web.StreamResponse | None = None
+            response: ProxyResponse | None = None
             if kind == CACHE:
                 entry = cache.lookup(key) if cache is not None else None
                 if entry is not None:
@@ -403,9 +432,9 @@ class Proxy:
                 return response
         return None
 
-    async def _serve_fallback_cluster(self, request: BaseRequest, state: DataPlaneState,
+    async def _serve_fallback_cluster(self, request: Request, state: DataPlaneState,
                                       match: RouteMatch, plan: FallbackPlan, body: RequestBody,
-                                      rid: bytes, version: bytes) -> web.StreamResponse | None:
+                                      rid: bytes, version: bytes) -> ProxyResponse | None:
         other = self.registry.clusters.get(plan.cluster or "")
         if other is None:
             return None  # a registered cluster that has gone since the config was loaded
@@ -426,17 +455,17 @@ class Proxy:
             self.registry.bus.publish(EventKind.FALLBACK_USED, route=route, cluster=cluster,
                                       fallback=kind, reason=reason)
 
-    def _fixed(self, request: BaseRequest, status: int, headers: tuple[tuple[bytes, bytes], ...],
+    def _fixed(self, request: Request, status: int, headers: tuple[tuple[bytes, bytes], ...],
                body: bytes, kind: str, rid: bytes, version: bytes) -> ProxyResponse:
         """A fallback answer the sidecar makes (cache or static), marked as one."""
-        keep_alive = keeps_alive(request)
+        keep_alive = request.keep_alive
         no_body = request.method == "HEAD"
         framing = (b"Content-Length: %d\r\n" % len(body) + _FALLBACK_FIELDS[kind]
                    + connection_field(keep_alive, version))
         head = build_response_head(version, status, b"", headers, framing=framing,
                                    request_id=rid)
-        return ProxyResponse(status, head, length=len(body), chunked=False,
-                             body=b"" if no_body else body, keep_alive=keep_alive)
+        return ProxyResponse(status, head, body=b"" if no_body else body,
+                             keep_alive=keep_alive)
 
     def _cache(self, route: Route) -> ResponseCache | None:
         """The route's last-good-answer cache; kept across reloads while the route keeps
@@ -451,11 +480,11 @@ class Proxy:
             cache.update_config(config)
         return cache
 
-    async def _serve(self, request: BaseRequest, match: RouteMatch, members: ClusterMembers,
+    async def _serve(self, request: Request, match: RouteMatch, members: ClusterMembers,
                      policy: RetryPolicy, body: RequestBody, rid: bytes, version: bytes, *,
                      gateway_fallback: bool = False,
                      store: Callable[[UpstreamResponse, bytes], None] | None = None,
-                     extra: bytes = b"") -> web.StreamResponse:
+                     extra: bytes = b"") -> ProxyResponse:
         """Admit -> attempt loop -> respond, on one cluster.
 
         The decisions are the core's: `HostSet.pick` (usable hosts, breakers),
@@ -554,7 +583,7 @@ class Proxy:
             limits.done()
 
     async def _attempt(self, host: Host, members: ClusterMembers, head: bytes,
-                       body: bytes | AsyncIterator[bytes] | None, request: BaseRequest,
+                       body: bytes | AsyncIterator[bytes] | None, request: Request,
                        head_request: bool, fresh: bool, policy: RetryPolicy
                        ) -> UpstreamResponse:
         """One try on one host: its response once the head is in, or `_AttemptFailed`
@@ -572,7 +601,7 @@ class Proxy:
         per_try = policy.config.per_try_timeout
         try_deadline = self._deadlines.add(per_try) if per_try is not None else None
         try:
-            return await pool.request(head, body, chunked=is_chunked(request),
+            return await pool.request(head, body, chunked=request.chunked,
                                       head_request=head_request, fresh=fresh,
                                       connected=waiting)
         except StaleConnection as exc:
@@ -592,28 +621,27 @@ class Proxy:
             if waiting is not None:
                 waiting()
 
-    async def _request_body(self, request: BaseRequest, keep_bytes: int) -> RequestBody:
+    async def _request_body(self, request: Request, keep_bytes: int) -> RequestBody:
         length = request.content_length
-        chunked = is_chunked(request)
-        if (chunked or length) and "Expect" in request.headers:
-            if request.headers["Expect"].lower() == "100-continue" and request.transport:
-                request.transport.write(_CONTINUE)
+        chunked = request.chunked
+        if (chunked or length) and request.expect_continue:
+            request.send_continue()
         if chunked or (length is not None and length > BUFFER_REQUEST_BODY):
-            return RequestBody(source=_stream_body(request), keep_bytes=keep_bytes)
+            return RequestBody(source=request.stream(), keep_bytes=keep_bytes)
         if length:
             return RequestBody(whole=await request.read())
         return _NO_BODY
 
-    def _request_head(self, request: BaseRequest, target: str, host: Host,
+    def _request_head(self, request: Request, target: str, host: Host,
                       settings: ClusterSettings, rid: bytes, version: bytes) -> bytes:
         length = request.content_length
-        framing = (_CHUNKED if is_chunked(request)
+        framing = (_CHUNKED if request.chunked
                    else b"Content-Length: %d\r\n" % length if length is not None else b"")
         method = request.method
         return build_request_head(
             _METHODS.get(method) or method.encode(), target.encode("utf-8", "surrogateescape"),
             request.raw_headers,
-            host=(None if settings.preserve_host and "Host" in request.headers
+            host=(None if settings.preserve_host and request.host is not None
                   else host.address.authority.encode()),
             client=(request.remote or "").encode(), proto=self._proto,
             request_id=rid, framing=framing, via_version=b"1." + version[2:])
@@ -624,20 +652,20 @@ class Proxy:
         if decision.reason == NoRetry.BUDGET_EXHAUSTED:
             self.metrics.retry_refused(cluster, failure)
 
-    async def _final(self, request: BaseRequest, upstream: UpstreamResponse, host: Host,
+    async def _final(self, request: Request, upstream: UpstreamResponse, host: Host,
                      rid: bytes, version: bytes, cluster_name: str, gateway_fallback: bool,
                      store: Callable[[UpstreamResponse, bytes], None] | None,
-                     extra: bytes) -> web.StreamResponse:
+                     extra: bytes) -> ProxyResponse:
         """The answer that stands: sent, unless a fallback may replace a gateway error."""
         if gateway_fallback and upstream.status in _GATEWAY_STATUSES:
             raise _GatewayAnswer(upstream, host)
         return await self._respond_upstream(request, upstream, host, rid, version,
                                             cluster_name, store, extra)
 
-    async def _respond_upstream(self, request: BaseRequest, upstream: UpstreamResponse,
+    async def _respond_upstream(self, request: Request, upstream: UpstreamResponse,
                                 host: Host, rid: bytes, version: bytes, cluster_name: str,
                                 store: Callable[[UpstreamResponse, bytes], None] | None = None,
-                                extra: bytes = b"") -> web.StreamResponse:
+                                extra: bytes = b"") -> ProxyResponse:
         host.active_requests += 1  # the body is still flowing from this host
         try:
             if upstream.complete:  # the usual small response, already all here
@@ -652,7 +680,7 @@ class Proxy:
             host.active_requests -= 1
 
     @staticmethod
-    def _whole(request: BaseRequest, upstream: UpstreamResponse, body: bytes, rid: bytes,
+    def _whole(request: Request, upstream: UpstreamResponse, body: bytes, rid: bytes,
                version: bytes,
                store: Callable[[UpstreamResponse, bytes], None] | None = None,
                extra: bytes = b"") -> ProxyResponse:
@@ -661,19 +689,18 @@ class Proxy:
         status = upstream.status
         if store is not None and status == 200:
             store(upstream, body)
-        keep_alive = keeps_alive(request)
+        keep_alive = request.keep_alive
         no_body = status in (204, 304) or status < 200 or request.method == "HEAD"
         framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body)) + extra
                    + connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
                                    framing=framing, request_id=rid, keep_content_length=no_body)
-        return ProxyResponse(status, head, length=len(body), chunked=False, body=body,
-                             keep_alive=keep_alive)
+        return ProxyResponse(status, head, body=body, keep_alive=keep_alive)
 
-    async def _respond(self, request: BaseRequest, upstream: UpstreamResponse, rid: bytes,
+    async def _respond(self, request: Request, upstream: UpstreamResponse, rid: bytes,
                        version: bytes, cluster_name: str,
                        store: Callable[[UpstreamResponse, bytes], None] | None = None,
-                       extra: bytes = b"") -> web.StreamResponse:
+                       extra: bytes = b"") -> ProxyResponse:
         """A response whose body is still arriving."""
         length = upstream.content_length
         if length is not None and length <= BUFFER_RESPONSE_BODY:
@@ -684,7 +711,7 @@ class Proxy:
                 parts.append(chunk)
             return self._whole(request, upstream, b"".join(parts), rid, version, store, extra)
         status = upstream.status
-        keep_alive = keeps_alive(request)
+        keep_alive = request.keep_alive
         chunked = length is None and version == b"1.1"
         if length is None and not chunked:
             keep_alive = False  # HTTP/1.0 client, unknown length: close-delimited
@@ -693,18 +720,16 @@ class Proxy:
                    + connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
                                    framing=framing, request_id=rid)
-        response = ProxyResponse(status, head, length=length, chunked=chunked,
-                                 keep_alive=keep_alive)
-        await response.prepare(request)
+        response = ProxyResponse(status, head, chunked=chunked, keep_alive=keep_alive)
         try:
+            await request.start(response)
             while chunk := await upstream.read():
-                await response.write(chunk)
+                await request.write(chunk)
         except (ProxyError, ConnectionError, asyncio.CancelledError) as exc:
             # The response has started: the only honest signal left is to cut the
             # connection, so the client never takes a truncated body as complete.
             upstream.abort()
-            if request.transport is not None:
-                request.transport.abort()
+            request.abort()
             if isinstance(exc, ProxyError):
                 response.aborted_status = exc.status
                 self.metrics.upstream_error(cluster_name,

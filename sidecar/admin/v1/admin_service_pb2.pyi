@@ -3,6 +3,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from sidecar.admin.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -206,3 +207,77 @@ class ResolveRouteResponse(_message.Message):
     candidates: _containers.RepeatedCompositeFieldContainer[_resources_pb2.EndpointCandidate]
     panic: bool
     def __init__(self, route: _Optional[str] = ..., cluster: _Optional[str] = ..., prefix: _Optional[str] = ..., upstream_path: _Optional[str] = ..., endpoint: _Optional[_Union[_resources_pb2.Endpoint, _Mapping]] = ..., pick_reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[_resources_pb2.EndpointCandidate, _Mapping]]] = ..., panic: _Optional[bool] = ...) -> None: ...
+
+class ValidateConfigRequest(_message.Message):
+    __slots__ = ("config_json", "path")
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    config_json: str
+    path: str
+    def __init__(self, config_json: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class ValidateConfigResponse(_message.Message):
+    __slots__ = ("valid", "issues", "version", "changed")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    ISSUES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    issues: _containers.RepeatedCompositeFieldContainer[_resources_pb2.ConfigIssue]
+    version: str
+    changed: bool
+    def __init__(self, valid: _Optional[bool] = ..., issues: _Optional[_Iterable[_Union[_resources_pb2.ConfigIssue, _Mapping]]] = ..., version: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ReloadConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadConfigResponse(_message.Message):
+    __slots__ = ("config", "changed")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    config: _resources_pb2.ConfigInfo
+    changed: bool
+    def __init__(self, config: _Optional[_Union[_resources_pb2.ConfigInfo, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class SetLogLevelRequest(_message.Message):
+    __slots__ = ("level", "duration")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    level: _resources_pb2.LogLevel
+    duration: _duration_pb2.Duration
+    def __init__(self, level: _Optional[_Union[_resources_pb2.LogLevel, str]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SetLogLevelResponse(_message.Message):
+    __slots__ = ("level", "previous_level", "revert_time")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REVERT_TIME_FIELD_NUMBER: _ClassVar[int]
+    level: _resources_pb2.LogLevel
+    previous_level: _resources_pb2.LogLevel
+    revert_time: _timestamp_pb2.Timestamp
+    def __init__(self, level: _Optional[_Union[_resources_pb2.LogLevel, str]] = ..., previous_level: _Optional[_Union[_resources_pb2.LogLevel, str]] = ..., revert_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("version", "pid", "start_time", "uptime", "state", "state_reason", "config", "log_level")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    pid: int
+    start_time: _timestamp_pb2.Timestamp
+    uptime: _duration_pb2.Duration
+    state: _resources_pb2.ServerState
+    state_reason: str
+    config: _resources_pb2.ConfigInfo
+    log_level: _resources_pb2.LogLevel
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., state: _Optional[_Union[_resources_pb2.ServerState, str]] = ..., state_reason: _Optional[str] = ..., config: _Optional[_Union[_resources_pb2.ConfigInfo, _Mapping]] = ..., log_level: _Optional[_Union[_resources_pb2.LogLevel, str]] = ...) -> None: ...

@@ -92,6 +92,26 @@ class AdminServiceStub:
                 request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteRequest.SerializeToString,
                 response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteResponse.FromString,
                 _registered_method=True)
+        self.ValidateConfig = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/ValidateConfig',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ValidateConfigRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ValidateConfigResponse.FromString,
+                _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/ReloadConfig',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ReloadConfigRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ReloadConfigResponse.FromString,
+                _registered_method=True)
+        self.SetLogLevel = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/SetLogLevel',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.SetLogLevelRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.SetLogLevelResponse.FromString,
+                _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/GetServerInfo',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -203,6 +223,42 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidateConfig(self, request, context):
+        """Validates a configuration without applying it: a rendered JSON text, or a file
+        the sidecar can read (.json or .jsonnet). Changes nothing; the issues found,
+        with their locations, are in the response. Errors: INVALID_ARGUMENT when
+        neither or both sources are given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadConfig(self, request, context):
+        """Re-reads the configuration file now and applies it if it changed. Errors:
+        FAILED_PRECONDITION when the new configuration is invalid (the message lists
+        the located issues; the serving configuration stays) or the sidecar has no
+        configuration file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLogLevel(self, request, context):
+        """Sets the level of the sidecar's own loggers, for a while or until the next
+        change. Errors: INVALID_ARGUMENT (level not set, duration not positive).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerInfo(self, request, context):
+        """Returns what the sidecar is: version, process, lifecycle state, uptime and
+        the serving configuration's version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +316,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ResolveRoute,
                     request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteRequest.FromString,
                     response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteResponse.SerializeToString,
+            ),
+            'ValidateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateConfig,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ValidateConfigRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ValidateConfigResponse.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ReloadConfigResponse.SerializeToString,
+            ),
+            'SetLogLevel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLogLevel,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.SetLogLevelRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.SetLogLevelResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +638,114 @@ class AdminService:
             '/sidecar.admin.v1.AdminService/ResolveRoute',
             sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteRequest.SerializeToString,
             sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ResolveRouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/ValidateConfig',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ValidateConfigRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ValidateConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/ReloadConfig',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ReloadConfigRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.ReloadConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLogLevel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/SetLogLevel',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.SetLogLevelRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.SetLogLevelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/GetServerInfo',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

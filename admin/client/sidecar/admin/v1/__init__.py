@@ -10,6 +10,7 @@ __all__ = (
     "CheckEndpointHealthRequest",
     "CheckEndpointHealthResponse",
     "ConfigInfo",
+    "ConfigIssue",
     "ConfigLoaded",
     "DeregisterEndpointRequest",
     "DeregisterEndpointResponse",
@@ -26,24 +27,34 @@ __all__ = (
     "GetConfigResponse",
     "GetEndpointRequest",
     "GetEndpointResponse",
+    "GetServerInfoRequest",
+    "GetServerInfoResponse",
     "HealthChanged",
     "HealthCheckResult",
     "HealthStatus",
     "ListEndpointsRequest",
     "ListEndpointsResponse",
+    "LogLevel",
     "PanicChanged",
     "RegisterEndpointRequest",
     "RegisterEndpointResponse",
+    "ReloadConfigRequest",
+    "ReloadConfigResponse",
     "ResetBreakerRequest",
     "ResetBreakerResponse",
     "ResolveRouteRequest",
     "ResolveRouteResponse",
+    "ServerState",
+    "SetLogLevelRequest",
+    "SetLogLevelResponse",
     "StatusEvent",
     "StatusSnapshot",
     "TripBreakerRequest",
     "TripBreakerResponse",
     "UpdateEndpointRequest",
     "UpdateEndpointResponse",
+    "ValidateConfigRequest",
+    "ValidateConfigResponse",
     "WatchStatusRequest",
     "WatchStatusResponse",
 )
@@ -289,6 +300,108 @@ class HealthStatus(betterproto2.Enum):
         }
 
 
+class LogLevel(betterproto2.Enum):
+    """
+    A log level of the sidecar's own loggers.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    DEBUG = 1
+    """
+    Everything, including per-decision detail.
+    """
+
+    INFO = 2
+    """
+    Lifecycle and configuration changes.
+    """
+
+    WARNING = 3
+    """
+    Problems the sidecar works around.
+    """
+
+    ERROR = 4
+    """
+    Problems it cannot work around.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "LOG_LEVEL_UNSPECIFIED",
+            1: "LOG_LEVEL_DEBUG",
+            2: "LOG_LEVEL_INFO",
+            3: "LOG_LEVEL_WARNING",
+            4: "LOG_LEVEL_ERROR",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "LOG_LEVEL_UNSPECIFIED": 0,
+            "LOG_LEVEL_DEBUG": 1,
+            "LOG_LEVEL_INFO": 2,
+            "LOG_LEVEL_WARNING": 3,
+            "LOG_LEVEL_ERROR": 4,
+        }
+
+
+class ServerState(betterproto2.Enum):
+    """
+    The sidecar's lifecycle: STARTING -> READY -> DRAINING -> STOPPED.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    STARTING = 1
+    """
+    Loading its configuration and binding its ports.
+    """
+
+    READY = 2
+    """
+    Serving: /ready answers 200 (unless a local app is unhealthy).
+    """
+
+    DRAINING = 3
+    """
+    Draining: no new connections, requests in flight finish.
+    """
+
+    STOPPED = 4
+    """
+    Stopped.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "SERVER_STATE_UNSPECIFIED",
+            1: "SERVER_STATE_STARTING",
+            2: "SERVER_STATE_READY",
+            3: "SERVER_STATE_DRAINING",
+            4: "SERVER_STATE_STOPPED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "SERVER_STATE_UNSPECIFIED": 0,
+            "SERVER_STATE_STARTING": 1,
+            "SERVER_STATE_READY": 2,
+            "SERVER_STATE_DRAINING": 3,
+            "SERVER_STATE_STOPPED": 4,
+        }
+
+
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class BreakerChanged(betterproto2.Message):
     """
@@ -420,6 +533,30 @@ class ConfigInfo(betterproto2.Message):
 
 
 default_message_pool.register_message("sidecar.admin.v1", "ConfigInfo", ConfigInfo)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ConfigIssue(betterproto2.Message):
+    """
+    One problem in a configuration: where and what.
+    """
+
+    path: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    Location of the field, e.g. "routes[1].cluster"; empty for the whole file.
+    """
+
+    message: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    What is wrong.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "ConfigIssue", ConfigIssue)
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
@@ -857,6 +994,86 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class GetServerInfoRequest(betterproto2.Message):
+    """
+    Request of GetServerInfo.
+    """
+
+    pass
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "GetServerInfoRequest", GetServerInfoRequest
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class GetServerInfoResponse(betterproto2.Message):
+    """
+    Response of GetServerInfo.
+    """
+
+    version: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    Version of the sidecar software.
+    """
+
+    pid: "typing.Annotated[int, pydantic.Field(ge=-2**31, le=2**31 - 1)]" = betterproto2.field(
+        2, betterproto2.TYPE_INT32
+    )
+    """
+    Process id.
+    """
+
+    start_time: "datetime.datetime | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the process started serving.
+    """
+
+    uptime: "datetime.timedelta | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    Time since `start_time`.
+    """
+
+    state: "ServerState" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: ServerState(0)
+    )
+    """
+    Lifecycle state.
+    """
+
+    state_reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING
+    )
+    """
+    Why the state is what it is, e.g. what keeps /ready from answering 200.
+    """
+
+    config: "ConfigInfo | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The serving configuration; not set before the first one is loaded.
+    """
+
+    log_level: "LogLevel" = betterproto2.field(
+        8, betterproto2.TYPE_ENUM, default_factory=lambda: LogLevel(0)
+    )
+    """
+    The level of the sidecar's own loggers.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "GetServerInfoResponse", GetServerInfoResponse
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class HealthChanged(betterproto2.Message):
     """
     An endpoint's health, as judged by active health checks, changed.
@@ -1075,6 +1292,42 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ReloadConfigRequest(betterproto2.Message):
+    """
+    Request of ReloadConfig.
+    """
+
+    pass
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "ReloadConfigRequest", ReloadConfigRequest
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ReloadConfigResponse(betterproto2.Message):
+    """
+    Response of ReloadConfig.
+    """
+
+    config: "ConfigInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The configuration serving after the reload.
+    """
+
+    changed: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Whether the file had changed (false: same version, nothing applied).
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "ReloadConfigResponse", ReloadConfigResponse
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class ResetBreakerRequest(betterproto2.Message):
     """
     Request of ResetBreaker.
@@ -1218,6 +1471,64 @@ class ResolveRouteResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "sidecar.admin.v1", "ResolveRouteResponse", ResolveRouteResponse
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class SetLogLevelRequest(betterproto2.Message):
+    """
+    Request of SetLogLevel.
+    """
+
+    level: "LogLevel" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: LogLevel(0)
+    )
+    """
+    The new level. Required.
+    """
+
+    duration: "datetime.timedelta | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    How long the level lasts before the previous one comes back. If not
+    specified, it lasts until the next SetLogLevel or configuration reload.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "SetLogLevelRequest", SetLogLevelRequest)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class SetLogLevelResponse(betterproto2.Message):
+    """
+    Response of SetLogLevel.
+    """
+
+    level: "LogLevel" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: LogLevel(0)
+    )
+    """
+    The level now.
+    """
+
+    previous_level: "LogLevel" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: LogLevel(0)
+    )
+    """
+    The level before the call, which comes back at `revert_time`.
+    """
+
+    revert_time: "datetime.datetime | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the previous level comes back; not set without a duration.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "SetLogLevelResponse", SetLogLevelResponse
 )
 
 
@@ -1481,6 +1792,74 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ValidateConfigRequest(betterproto2.Message):
+    """
+    Request of ValidateConfig.
+
+    Oneofs:
+        - source: The configuration to validate. Required: one of the two.
+    """
+
+    config_json: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)] | None" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, optional=True, group="source"
+    )
+    """
+    A rendered configuration, as JSON text.
+    """
+
+    path: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)] | None" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, optional=True, group="source"
+    )
+    """
+    A file the sidecar can read: .json, or .jsonnet rendered as a reload would
+    (with the sidecar's external variables and library path).
+    """
+
+    @model_validator(mode="after")
+    def check_oneof(cls, values):
+        return cls._validate_field_groups(values)
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "ValidateConfigRequest", ValidateConfigRequest
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ValidateConfigResponse(betterproto2.Message):
+    """
+    Response of ValidateConfig.
+    """
+
+    valid: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    Whether the configuration is valid (no issues).
+    """
+
+    issues: "list[ConfigIssue]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Every issue found, with its location; empty when valid.
+    """
+
+    version: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING
+    )
+    """
+    Version (content hash) the configuration would have; empty when invalid.
+    """
+
+    changed: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Whether the configuration differs from the serving one; false when invalid.
+    """
+
+
+default_message_pool.register_message(
+    "sidecar.admin.v1", "ValidateConfigResponse", ValidateConfigResponse
+)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class WatchStatusRequest(betterproto2.Message):
     """
     Request of WatchStatus.
@@ -1694,6 +2073,66 @@ class AdminServiceStub:
             "/sidecar.admin.v1.AdminService/ResolveRoute",
             ResolveRouteRequest.SerializeToString,
             ResolveRouteResponse.FromString,
+        )(message)
+
+    def validate_config(self, message: "ValidateConfigRequest") -> "ValidateConfigResponse":
+        """
+        Validates a configuration without applying it: a rendered JSON text, or a file
+        the sidecar can read (.json or .jsonnet). Changes nothing; the issues found,
+        with their locations, are in the response. Errors: INVALID_ARGUMENT when
+        neither or both sources are given.
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/ValidateConfig",
+            ValidateConfigRequest.SerializeToString,
+            ValidateConfigResponse.FromString,
+        )(message)
+
+    def reload_config(self, message: "ReloadConfigRequest | None" = None) -> "ReloadConfigResponse":
+        """
+        Re-reads the configuration file now and applies it if it changed. Errors:
+        FAILED_PRECONDITION when the new configuration is invalid (the message lists
+        the located issues; the serving configuration stays) or the sidecar has no
+        configuration file.
+        """
+
+        if message is None:
+            message = ReloadConfigRequest()
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/ReloadConfig",
+            ReloadConfigRequest.SerializeToString,
+            ReloadConfigResponse.FromString,
+        )(message)
+
+    def set_log_level(self, message: "SetLogLevelRequest") -> "SetLogLevelResponse":
+        """
+        Sets the level of the sidecar's own loggers, for a while or until the next
+        change. Errors: INVALID_ARGUMENT (level not set, duration not positive).
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/SetLogLevel",
+            SetLogLevelRequest.SerializeToString,
+            SetLogLevelResponse.FromString,
+        )(message)
+
+    def get_server_info(
+        self, message: "GetServerInfoRequest | None" = None
+    ) -> "GetServerInfoResponse":
+        """
+        Returns what the sidecar is: version, process, lifecycle state, uptime and
+        the serving configuration's version.
+        """
+
+        if message is None:
+            message = GetServerInfoRequest()
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/GetServerInfo",
+            GetServerInfoRequest.SerializeToString,
+            GetServerInfoResponse.FromString,
         )(message)
 
 

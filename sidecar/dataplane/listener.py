@@ -1,0 +1,644 @@
+"""The data-plane listener: HTTP/1.1 on asyncio.Protocol with llhttp (httptools).
+
+One `_Connection` per client connection parses requests with httptools'
+`HttpRequestParser` (llhttp, strict) and hands each one, as a `Request`, to the
+handler (`Proxy.handle`), which returns a `ProxyResponse` whose head is already
+bytes. A complete response goes out in one `transport.write`.
+
+What the listener guarantees, so the proxy does not have to:
+
+* Strict parsing: llhttp rejects bad framing (Content-Length / Transfer-Encoding),
+  chunk syntax, line endings, obs-fold, whitespace before a colon, control
+  characters, bad request lines and versions; this module adds the version check
+  (1.0 and 1.1 only), duplicate Host, the request-target limit (414) and the header
+  field limits (431). Errors are the sidecar's JSON bodies, and close the connection.
+* Keep-alive and pipelining: requests on one connection are answered in order, one
+  at a time; a request that arrives while another is answered waits (and reading
+  pauses until its turn). A request that ends the connection (`Connection: close`,
+  HTTP/1.0 without keep-alive, an upgrade) is answered and the rest of the stream
+  is never parsed.
+* Flow control both ways: request bodies are buffered up to `BODY_HIGH_WATER`,
+  then the socket stops being read until the proxy has taken the bytes; response
+  writes wait while the transport's buffer is full.
+* A client that disconnects cancels its request's task (the proxy records 499).
+* Idle keep-alive connections close after `keepalive_timeout`; a request head
+  must arrive whole within `header_timeout` (408 otherwise). One timer per
+  listener sweeps all connections once a second, so no timer per request.
+* Drain (`shutdown`): the listening socket is closed by the caller; idle
+  connections close at once, connections with a request in flight answer it with
+  `Connection: close` and close; whatever is left at the deadline is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
+
+import httptools
+
+from sidecar.core.headers import new_request_id
+from sidecar.dataplane.response import ProxyResponse, error_response
+from sidecar.errors import BadRequest, HeadersTooLarge, InternalError, ProxyError, UriTooLong
+
+__all__ = ["BODY_HIGH_WATER", "Listener", "Request", "RequestTimeout"]
+
+log = logging.getLogger("sidecar.listener")
+
+#: A request body buffered past this pauses reading from the client.
+BODY_HIGH_WATER = 256 * 1024
+#: ... and reading resumes once the proxy has taken it below this.
+BODY_LOW_WATER = 64 * 1024
+#: After an answer that leaves client bytes unread (a parse error, a body never read),
+#: the connection is half-closed and read (and discarded) this long before it closes:
+#: closing a socket with unread input sends a reset, which can destroy the answer in
+#: the client's receive buffer before the client reads it (nginx's lingering close).
+LINGER_SECONDS = 2.0
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+# A body longer than this is not copied behind its head: head and body go to the
+# transport as two buffers (uvloop sends them with one writev); a shorter one is
+# cheaper to copy than to send as a second buffer.
+_COPY_LIMIT = 16 * 1024
+_CRLF = b"\r\n"
+_NO_BODY_STATUSES = frozenset({204, 304})
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+# Field names the listener looks at, by length (a cheap filter before lower()).
+_WATCHED_LENGTHS = frozenset({4, 6, 12, 17})
+Handler = Callable[["Request"], Awaitable[ProxyResponse]]
+
+
+class RequestTimeout(BadRequest):
+    status = 408
+    code = "request_timeout"
+    message = "The request head did not arrive in time."
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop llhttp; the reason is in `_Connection._error`."""
+
+
+class Request:
+    """One request as the listener parsed it: what the proxy reads, and the way back.
+
+    method, raw_path (the request target as sent, decoded UTF-8 with surrogateescape
+    so that encoding it back gives the same bytes), version (b"1.1" or b"1.0"),
+    raw_headers (name and value bytes, as received), host (the Host field or None),
+    request_id (X-Request-Id or None), content_length, chunked, keep_alive (the
+    connection may carry another request; False for upgrades and during a drain),
+    expect_continue, remote (the client's address).
+    """
+
+    __slots__ = ("method", "raw_path", "version", "raw_headers", "host", "request_id",
+                 "expect_continue", "content_length", "chunked", "keep_alive", "remote",
+                 "complete", "_conn", "_chunks", "_buffered", "_waiter", "_error",
+                 "_discard", "_response")
+
+    def __init__(self, conn: _Connection, method: str, raw_path: str, version: bytes,
+                 raw_headers: list[tuple[bytes, bytes]], host: str | None,
+                 request_id: str | None, expect_continue: bool,
+                 content_length: int | None, chunked: bool, keep_alive: bool,
+                 remote: str) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.version = version
+        self.raw_headers = raw_headers
+        self.host = host
+        self.request_id = request_id
+        self.expect_continue = expect_continue
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.remote = remote
+        #: The whole body has been received (and parsed).
+        self.complete = False
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._discard = False  # answered: body bytes still arriving are dropped
+        self._response: ProxyResponse | None = None
+
+    # ------------------------------------------------------------ body, for the proxy
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self.complete:
+            await self._wait()
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._taken()
+        return data
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in the pieces it arrives in."""
+        chunks = self._chunks
+        while True:
+            if chunks:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._taken()
+                yield data
+            elif self.complete:
+                return
+            else:
+                await self._wait()
+
+    def send_continue(self) -> None:
+        """`100 Continue`, if the client asked for it and still waits (never to an
+        HTTP/1.0 client: RFC 9110 15.2)."""
+        if (self.expect_continue and self.version == b"1.1" and not self.complete
+                and self._response is None):
+            self.expect_continue = False
+            transport = self._conn.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(_CONTINUE)
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        waiter = self._waiter = self._conn.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _taken(self) -> None:
+        self._buffered = 0
+        conn = self._conn
+        if conn.reading_paused:
+            conn.update_reading()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    # ------------------------------------------------------------ response, for the proxy
+
+    async def start(self, response: ProxyResponse) -> None:
+        """Write the head of a response whose body follows in `write` calls."""
+        self._response = response
+        response.started = True
+        await self._conn.send(response.head)
+
+    async def write(self, data: bytes) -> None:
+        """A piece of a started response's body (framed as a chunk if chunked)."""
+        response = self._response
+        assert response is not None
+        if not data or self.method == "HEAD" or response.status in _NO_BODY_STATUSES:
+            return
+        if response.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        await self._conn.send(data)
+
+    def abort(self) -> None:
+        """Cut the client connection: a started response cannot end honestly."""
+        self._conn.abort()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self._handler = listener.handler
+        self._parser = httptools.HttpRequestParser(self)
+        self._remote = ""
+        self._max_uri = listener.max_uri_bytes
+        self._max_field = listener.max_header_bytes
+        self._max_headers = listener.max_headers
+        self._max_head = listener.max_uri_bytes + listener.max_headers * (
+            listener.max_header_bytes + 4) + 64
+        # The request being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._host: bytes | None = None
+        self._hosts = 0
+        self._request_id: bytes | None = None
+        self._expect = False
+        self._content_length: int | None = None
+        self._chunked = False
+        self._in_head = False
+        self._head_bytes = 0
+        self._parsing: Request | None = None
+        self._new: list[Request] = []  # requests whose heads this data_received parsed
+        self._error: ProxyError | None = None
+        # Answering.
+        self._pipeline: deque[Request] = deque()
+        self._active: Request | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending_error: ProxyError | None = None
+        self._ended = False  # no further request will be parsed on this connection
+        self._draining = False
+        self.reading_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.since = 0.0  # when it became idle, or when the current head began
+        self._linger: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, (tuple, list)) and peer:
+            self._remote = str(peer[0])
+        elif isinstance(peer, str):
+            self._remote = peer
+        self.since = self.loop.time()
+        self.listener.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return  # the stream past a request that ended the connection: never parsed
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head:
+                self._parse_failed(HeadersTooLarge())
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._ended = True  # an upgrade (or CONNECT) is the last request
+        except httptools.HttpParserError:
+            if not self._ended:  # else: bytes after `Connection: close`, never read
+                self._parse_failed(self._error or BadRequest())
+        new = self._new
+        if new:
+            for request in new:
+                self._dispatch(request)
+            new.clear()
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost cancels what is in flight
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+        if self._linger is not None:
+            self._linger.cancel()
+        self._ended = True
+        error = ConnectionResetError("client connection lost")
+        for request in (self._parsing, self._active):
+            if request is not None and not request.complete:
+                request._fail(error)
+        self._pipeline.clear()
+        self._parsing = self._active = None  # no cycles left for the collector
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()  # the client went away: so does its upstream request
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+            waiter.exception()  # retrieved here if nobody waits for it
+        self.listener.connection_gone()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------ llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._host = self._request_id = None
+        self._hosts = 0
+        self._expect = self._chunked = False
+        self._content_length = None
+        self._in_head = True
+        self._head_bytes = 0
+        self.since = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        url = self._url + url if self._url else url
+        self._url = url
+        if len(url) > self._max_uri:
+            self._error = UriTooLong()
+            raise _Stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > self._max_headers or len(name) + len(value) > self._max_field:
+            self._error = HeadersTooLarge()
+            raise _Stop
+        if len(name) in _WATCHED_LENGTHS:
+            lname = name.lower()
+            if lname == b"host":
+                self._hosts += 1
+                if self._hosts > 1:
+                    self._error = BadRequest("A request carries one Host header.")
+                    raise _Stop
+                self._host = value
+            elif lname == b"x-request-id":
+                self._request_id = value
+            elif lname == b"expect":
+                self._expect = value.lower() == b"100-continue"
+            elif lname == b"transfer-encoding":
+                self._chunked = True  # llhttp accepts it only with chunked last
+        elif len(name) == 14 and name.lower() == b"content-length":
+            self._content_length = int(value)  # llhttp checked: digits, one value
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            self._error = BadRequest("Unsupported HTTP version.")
+            raise _Stop
+        self._in_head = False
+        host = self._host
+        rid = self._request_id
+        keep_alive = (parser.should_keep_alive() and not parser.should_upgrade()
+                      and not self._draining)
+        request = Request(
+            self, parser.get_method().decode("ascii"),
+            self._url.decode("utf-8", "surrogateescape"), version, self._headers,
+            host.decode("latin-1") if host is not None else None,
+            rid.decode("latin-1") if rid is not None else None,
+            self._expect, self._content_length, self._chunked, keep_alive, self._remote)
+        self._parsing = request
+        self._new.append(request)
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is None or request._discard:
+            return
+        request._chunks.append(body)
+        request._buffered += len(body)
+        request._wake()
+        if request._buffered > BODY_HIGH_WATER and not self.reading_paused:
+            self.reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        if request is None:
+            return
+        self._parsing = None
+        request.complete = True
+        request._wake()
+        if not request.keep_alive:
+            self._ended = True  # answer this one, then close: nothing after it is read
+            raise _Stop
+
+    # ------------------------------------------------------------ answering
+
+    def _dispatch(self, request: Request) -> None:
+        if self._active is None:
+            self._active = request
+            self._task = self.loop.create_task(self._serve(request))
+        else:
+            self._pipeline.append(request)  # answered after the ones before it
+            self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read while the request being parsed has room and nothing waits its turn."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        parsing = self._parsing
+        want_pause = bool(self._pipeline) or (
+            parsing is not None and parsing._buffered > BODY_LOW_WATER)
+        if want_pause != self.reading_paused:
+            self.reading_paused = want_pause
+            if want_pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    async def _serve(self, request: Request) -> None:
+        """Answer `request`, then the requests pipelined behind it, in order."""
+        transport = self.transport
+        assert transport is not None
+        while True:
+            try:
+                response = await self._handler(request)
+            except asyncio.CancelledError:
+                return  # the client went away
+            except Exception as exc:  # a bug: say nothing about it to the client
+                log.error("request handler failed", exc_info=exc)
+                response = error_response(InternalError(), new_request_id().decode(),
+                                          request.version, keep_alive=False)
+                if request._response is not None:  # already started: cut it
+                    self.abort()
+                    return
+            if transport.is_closing():
+                return
+            if request._response is not None:  # a streamed response: end it
+                if response.aborted_status is not None:
+                    return
+                if response.chunked and request.method != "HEAD" and (
+                        response.status not in _NO_BODY_STATUSES):
+                    transport.write(_LAST_CHUNK)
+            else:
+                body = response.body
+                if body and request.method != "HEAD" and (
+                        response.status not in _NO_BODY_STATUSES):
+                    if len(body) > _COPY_LIMIT:
+                        transport.writelines((response.head, body))  # uvloop: one writev
+                    else:
+                        transport.write(response.head + body)
+                else:
+                    transport.write(response.head)
+            if (not (response.keep_alive and request.keep_alive) or self._draining
+                    or (request.expect_continue and not request.complete)):
+                # (A client told neither 100 Continue nor the end of the exchange may
+                # or may not send the body: the next bytes cannot be trusted as a head.)
+                if request.complete:
+                    self._ended = True
+                    transport.close()
+                else:
+                    self._close_lingering()
+                return
+            if not request.complete:
+                # Answered before its body was read: drop what is still to come.
+                request._discard = True
+                request._chunks.clear()
+                request._buffered = 0
+            if self._pipeline:
+                request = self._active = self._pipeline.popleft()
+                self.update_reading()
+                continue
+            self._active = None
+            self._task = None
+            self.since = self.loop.time()
+            if self.reading_paused:
+                self.update_reading()
+            if self._pending_error is not None:
+                self._write_error(self._pending_error)
+            return
+
+    async def send(self, data: bytes) -> None:
+        """Write, and wait while the transport's buffer is over its high-water mark."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client connection lost")
+        transport.write(data)
+        if self._write_paused:
+            waiter = self._drain_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+
+    def _parse_failed(self, error: ProxyError) -> None:
+        """A request that cannot be parsed: answered in its turn with `error`, then the
+        connection closes."""
+        self._ended = True
+        transport = self.transport
+        assert transport is not None
+        if not self.reading_paused:
+            self.reading_paused = True
+            transport.pause_reading()
+        parsing = self._parsing
+        if parsing is not None and parsing not in self._new:
+            # Its head was valid and it is being answered: its body fails instead.
+            parsing.keep_alive = False
+            parsing._fail(BadRequest())
+            return
+        # Requests whose head came in the same read as the error are answered first
+        # only if they are whole.
+        self._new = [r for r in self._new if r.complete]
+        if self._active is None and not self._new:
+            self._write_error(error)
+        else:
+            self._pending_error = error
+
+    def _write_error(self, error: ProxyError) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        response = error_response(error, new_request_id().decode(), keep_alive=False)
+        transport.write(response.head + (response.body or b""))
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after the answer, reading and dropping what the client still sends
+        (for up to `LINGER_SECONDS`, or until it closes its side)."""
+        self._ended = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
+
+    # ------------------------------------------------------------ listener's sweeps
+
+    def sweep(self, now: float) -> None:
+        """Close an idle connection past its idle timeout; answer 408 to a head that
+        takes too long."""
+        if self._active is not None or self._ended:
+            return
+        listener = self.listener
+        if self._in_head:
+            if now - self.since > listener.header_timeout:
+                self._parse_failed(RequestTimeout())
+        elif now - self.since > listener.keepalive_timeout:
+            assert self.transport is not None
+            self._ended = True
+            self.transport.close()
+
+    def drain(self) -> None:
+        """Stop taking requests: close now if idle, else after the answer in flight."""
+        self._draining = True
+        transport = self.transport
+        if transport is None:
+            return
+        if self._active is None:
+            self._ended = True
+            transport.close()
+            return
+        for request in (self._active, *self._pipeline):
+            request.keep_alive = False  # its head says `Connection: close`
+        self._pipeline.clear()
+
+    def abort(self) -> None:
+        self._ended = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Listener:
+    """The protocol factory for `loop.create_server`, and the drain of its connections."""
+
+    def __init__(self, handler: Handler, *, max_uri_bytes: int = 8190,
+                 max_header_bytes: int = 8190, max_headers: int = 100,
+                 keepalive_timeout: float = 75.0, header_timeout: float = 60.0,
+                 sweep_interval: float = 1.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.handler = handler
+        self.max_uri_bytes = max_uri_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.keepalive_timeout = keepalive_timeout
+        self.header_timeout = header_timeout
+        self.sweep_interval = sweep_interval
+        self.connections: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._all_gone: asyncio.Event | None = None
+
+    def __call__(self) -> _Connection:
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
+        return _Connection(self)
+
+    def _sweep(self) -> None:
+        if not self.connections:
+            self._sweeper = None  # the next connection starts it again
+            return
+        now = self.loop.time()
+        for conn in tuple(self.connections):
+            conn.sweep(now)
+        self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
+
+    def connection_gone(self) -> None:
+        if not self.connections and self._all_gone is not None:
+            self._all_gone.set()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Drain: idle connections close now, the others after their answer in flight;
+        at `timeout` whatever is left is aborted."""
+        self._all_gone = asyncio.Event()
+        for conn in tuple(self.connections):
+            conn.drain()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), timeout)
+            except TimeoutError:
+                for conn in tuple(self.connections):
+                    conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
