@@ -107,6 +107,7 @@ REQUIRED_ROLES: Mapping[str, Role] = {
     "ValidateConfig": Role.ADMIN,
     "ReloadConfig": Role.ADMIN,
     "SetLogLevel": Role.ADMIN,
+    "Drain": Role.ADMIN,
 }
 
 

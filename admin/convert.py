@@ -55,7 +55,7 @@ from sidecar.errors import (
 from sidecar.events import Event, EventKind
 from sidecar.registry import ClusterMembers, ConfigInfo, EndpointInfo, EndpointStatus
 
-from .ops import NoConfigFile, ServerInfo
+from .ops import DrainStarted, NoConfigFile, ServerInfo
 from .watch import Snapshot, TooManyWatchers, WatchItem
 
 __all__ = [
@@ -93,6 +93,8 @@ __all__ = [
     "log_level_number",
     "issue_to_proto",
     "config_source",
+    "drain_deadline",
+    "drain_to_proto",
     "server_info_to_proto",
     "LOG_LEVEL_NAMES",
     "SERVER_STATES",
@@ -386,6 +388,26 @@ def _fallback_used(event: Event) -> dict[str, object]:
         reason=event.reason)}
 
 
+def _lifecycle_changed(event: Event) -> dict[str, object]:
+    return {"lifecycle_changed": res.LifecycleChanged(
+        previous_state=SERVER_STATES.get(event.previous_state,  # type: ignore[arg-type]
+                                         res.SERVER_STATE_UNSPECIFIED),
+        state=SERVER_STATES.get(event.state, res.SERVER_STATE_UNSPECIFIED),  # type: ignore[arg-type]
+        reason=event.reason)}
+
+
+def _config_rejected(event: Event) -> dict[str, object]:
+    return {"config_rejected": res.ConfigRejected(
+        source=event.source, stage=event.stage, trigger=event.reason,
+        issues=[issue_to_proto(i) for i in event.issues])}
+
+
+def _state_file_corrupt(event: Event) -> dict[str, object]:
+    return {"state_file_corrupt": res.StateFileCorrupt(path=event.source,
+                                                       moved_to=event.moved_to,
+                                                       error=event.reason)}
+
+
 _EVENT_FIELDS: Mapping[EventKind, Callable[[Event], dict[str, object]]] = {
     EventKind.ENDPOINT_ADDED: _endpoint_added,
     EventKind.ENDPOINT_REMOVED: _endpoint_removed,
@@ -395,6 +417,9 @@ _EVENT_FIELDS: Mapping[EventKind, Callable[[Event], dict[str, object]]] = {
     EventKind.HEALTH_CHANGED: _health_changed,
     EventKind.PANIC_CHANGED: _panic_changed,
     EventKind.FALLBACK_USED: _fallback_used,
+    EventKind.LIFECYCLE_CHANGED: _lifecycle_changed,
+    EventKind.CONFIG_REJECTED: _config_rejected,
+    EventKind.STATE_FILE_CORRUPT: _state_file_corrupt,
 }
 #: The event kinds WatchStatus streams: every kind the API has a message for (all of
 #: them; a test keeps it so). A kind added to the bus before the API has a message
@@ -614,15 +639,31 @@ LOG_LEVEL_NAMES: Mapping[int, str] = {
     res.LOG_LEVEL_ERROR: "error",
 }
 _LOG_LEVEL_NUMBERS = {name: number for number, name in LOG_LEVEL_NAMES.items()}
-#: The app's lifecycle states -> the API's (the app says "serving" for READY).
+#: The app's lifecycle states (`sidecar.app.LIFECYCLE_STATES`) -> the API's.
 SERVER_STATES: Mapping[str, int] = {
     "starting": res.SERVER_STATE_STARTING,
-    "serving": res.SERVER_STATE_READY,
     "ready": res.SERVER_STATE_READY,
     "draining": res.SERVER_STATE_DRAINING,
     "stopped": res.SERVER_STATE_STOPPED,
 }
 MAX_LOG_LEVEL_DURATION = 86_400.0
+MAX_DRAIN_DEADLINE = 3_600.0
+
+
+def drain_deadline(request: api.DrainRequest) -> float | None:
+    """Drain's deadline in seconds, or None for the listener's drain_timeout."""
+    if not request.HasField("deadline"):
+        return None
+    seconds = float(request.deadline.seconds + request.deadline.nanos / 1e9)
+    if not 0 < seconds <= MAX_DRAIN_DEADLINE:
+        raise InvalidArgument(f"deadline must be positive and at most 1h, got {seconds:g}s")
+    return seconds
+
+
+def drain_to_proto(answer: DrainStarted) -> api.DrainResponse:
+    return api.DrainResponse(
+        state=SERVER_STATES.get(answer.state, res.SERVER_STATE_UNSPECIFIED),  # type: ignore[arg-type]
+        started=answer.started, deadline_time=timestamp(answer.deadline_time))
 
 
 def log_level(request: api.SetLogLevelRequest) -> tuple[str, float | None]:

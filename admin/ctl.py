@@ -68,6 +68,7 @@ with warnings.catch_warnings():
         CheckEndpointHealthRequest,
         ConfigInfo,
         DeregisterEndpointRequest,
+        DrainRequest,
         Endpoint,
         EndpointStatus,
         GetConfigRequest,
@@ -259,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="put the previous level back after D, e.g. 10m (default: keep)")
     sub.add_parser("info", parents=[common],
                    help="version, pid, lifecycle state, uptime, serving config version")
+    drain = sub.add_parser("drain", parents=[common],
+                           help="start the drain (as SIGTERM does) without stopping the "
+                                "sidecar: /ready turns 503, no new connections, requests in "
+                                "flight finish")
+    drain.add_argument("--deadline", type=_duration, metavar="D",
+                       help="how long requests in flight get, e.g. 30s (default: the "
+                            "listener's drain_timeout)")
 
     upd = ep_sub.add_parser("update", parents=[common],
                             help="change an endpoint's weight, status or labels")
@@ -409,7 +417,25 @@ def _event_text(e: StatusEvent) -> str:
         used = e.fallback_used
         return (f"{head} fallback route={used.route} cluster={used.cluster} "
                 f"{used.kind.name} ({used.reason})")
+    if e.lifecycle_changed is not None:
+        life = e.lifecycle_changed
+        return (f"{head} lifecycle {_state_name(life.previous_state)} -> "
+                f"{_state_name(life.state)} ({life.reason})")
+    if e.config_rejected is not None:
+        bad = e.config_rejected
+        issues = "; ".join(f"{i.path}: {i.message}" if i.path else i.message
+                           for i in bad.issues)
+        return (f"{head} config rejected source={bad.source} stage={bad.stage} "
+                f"({bad.trigger}): {issues}")
+    if e.state_file_corrupt is not None:
+        corrupt = e.state_file_corrupt
+        return (f"{head} state file {corrupt.path} unreadable ({corrupt.error}); moved to "
+                f"{corrupt.moved_to or '-'}")
     return f"{head} unknown change"  # a kind newer than this client
+
+
+def _state_name(value: ServerState) -> str:
+    return "?" if value == ServerState.UNSPECIFIED else value.name
 
 
 def _health_name(value: HealthStatus) -> str:
@@ -675,6 +701,18 @@ class _Ctl:
                        f"{response.previous_level.name.lower()}){until}"])
         return EXIT_OK
 
+    def drain(self) -> int:
+        deadline = (datetime.timedelta(seconds=self.args.deadline)
+                    if self.args.deadline is not None else None)
+        response = self.stub.drain(DrainRequest(deadline=deadline))
+        if self.json:
+            self.emit_json(response.to_dict(include_default_values=True))
+        else:
+            what = "draining" if response.started else "already draining"
+            self.emit([f"{what} (state {_state_name(response.state)}); requests in flight "
+                       f"are cut off at {_time(response.deadline_time)}"])
+        return EXIT_OK
+
     def info(self) -> int:
         r = self.stub.get_server_info(GetServerInfoRequest())
         if self.json:
@@ -869,6 +907,7 @@ _COMMANDS: dict[tuple[str, str | None], Callable[[_Ctl], int]] = {
     ("config", "reload"): _Ctl.config_reload,
     ("log-level", None): _Ctl.log_level,
     ("info", None): _Ctl.info,
+    ("drain", None): _Ctl.drain,
 }
 
 

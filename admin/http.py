@@ -17,10 +17,13 @@ from sidecar.observe.metrics import Metrics
 __all__ = ["make_admin_app"]
 
 
-def make_admin_app(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> web.Application:
+def make_admin_app(metrics: Metrics, ready: Callable[[], tuple[bool, str]],
+                   state: Callable[[], str] | None = None) -> web.Application:
     """The admin HTTP port: /metrics, /live, /ready.
 
-    `ready()` returns (is_ready, reason); /ready answers 503 with the reason until ready.
+    `ready()` returns (is_ready, reason); /ready answers 200 when ready, 503 otherwise,
+    with a JSON body: {"status": "ready" | "not_ready", "state": the lifecycle state
+    from `state()` (when given), "reason": why}.
     """
     registry = CollectorRegistry()
     registry.register(metrics)
@@ -33,8 +36,10 @@ def make_admin_app(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> w
 
     async def ready_handler(request: web.Request) -> web.Response:
         ok, reason = ready()
-        return web.json_response({"status": "ready" if ok else "not_ready", "reason": reason},
-                                 status=200 if ok else 503)
+        body = {"status": "ready" if ok else "not_ready", "reason": reason}
+        if state is not None:
+            body["state"] = state()
+        return web.json_response(body, status=200 if ok else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)

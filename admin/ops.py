@@ -1,5 +1,5 @@
-"""Operations through the API: what ValidateConfig, ReloadConfig, SetLogLevel and
-GetServerInfo need from the running sidecar, behind one small interface.
+"""Operations through the API: what ValidateConfig, ReloadConfig, SetLogLevel,
+GetServerInfo and Drain need from the running sidecar, behind one small interface.
 
 `Operations` is what the servicer calls; `SidecarOperations` implements it over a
 `sidecar.app.Sidecar` (its config source, reloader, lifecycle state and readiness),
@@ -25,8 +25,8 @@ from sidecar.observe.logs import set_level
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
 
-__all__ = ["LOG_LEVELS", "LogLevelTimer", "NoConfigFile", "Operations", "ServerInfo",
-           "SidecarOperations", "Validation",
+__all__ = ["LOG_LEVELS", "DrainStarted", "LogLevelTimer", "NoConfigFile", "Operations",
+           "ServerInfo", "SidecarOperations", "Validation",
            "current_log_level", "software_version"]
 
 #: The levels SetLogLevel accepts, lowest first.
@@ -59,7 +59,7 @@ class ServerInfo:
     pid: int
     start_time: float  # Unix time
     uptime: float  # seconds
-    state: str  # starting | serving | draining | stopped
+    state: str  # starting | ready | draining | stopped
     state_reason: str
 
 
@@ -69,6 +69,16 @@ class Operations(Protocol):
     async def validate(self, config_json: str | None, path: str | None) -> Validation: ...
     async def reload(self) -> SidecarConfig: ...
     def info(self) -> ServerInfo: ...
+    def drain(self, deadline: float | None) -> DrainStarted: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStarted:
+    """Drain's answer."""
+
+    started: bool  # False: a drain was under way already
+    state: str
+    deadline_time: float  # Unix time at which requests in flight are cut off
 
 
 class SidecarOperations:
@@ -106,6 +116,11 @@ class SidecarOperations:
         return ServerInfo(pid=os.getpid(), start_time=self._start_wall,
                           uptime=time.monotonic() - self._start, state=self._sidecar.state,
                           state_reason=reason)
+
+
+    def drain(self, deadline: float | None) -> DrainStarted:
+        started, deadline_time = self._sidecar.drain(deadline, "Drain RPC")
+        return DrainStarted(started, self._sidecar.state, deadline_time)
 
 
 class NoConfigFile(RuntimeError):

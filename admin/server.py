@@ -70,7 +70,7 @@ class AdminServer:
         max_message_bytes: largest request message accepted.
         own_addresses: the sidecar's own (bind host, bound port) pairs; registering an
             endpoint there is refused (a loop).
-        operations: ValidateConfig, ReloadConfig and GetServerInfo's access to the
+        operations: ValidateConfig, ReloadConfig, GetServerInfo and Drain's access to the
             sidecar (`ops.SidecarOperations`); None answers FAILED_PRECONDITION.
         interceptors: more grpc.aio server interceptors, run after authentication.
         server_credentials: credentials built elsewhere (instead of `tls`).

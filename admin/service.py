@@ -74,7 +74,7 @@ class AdminService(api_grpc.AdminServiceServicer):
         own_addresses: the sidecar's own (bind host, bound port) pairs (listener,
             admin ports); registering an endpoint at one of them is refused (a loop).
         operations: validation, reload and lifecycle of the sidecar (ValidateConfig,
-            ReloadConfig, GetServerInfo); None answers FAILED_PRECONDITION.
+            ReloadConfig, GetServerInfo, Drain); None answers FAILED_PRECONDITION.
     """
 
     def __init__(self, registry: Registry, config_json: Callable[[], str], *,
@@ -296,3 +296,9 @@ class AdminService(api_grpc.AdminServiceServicer):
                             context: grpc.aio.ServicerContext) -> api.GetServerInfoResponse:
         return convert.server_info_to_proto(self._ops().info(), self._registry.config_info,
                                             current_log_level(), software_version())
+
+    @_translate_errors
+    async def Drain(self, request: api.DrainRequest,
+                    context: grpc.aio.ServicerContext) -> api.DrainResponse:
+        deadline = convert.drain_deadline(request)
+        return convert.drain_to_proto(self._ops().drain(deadline))

@@ -10,7 +10,7 @@ right then and returns it. Events that arrive while a snapshot is pending are no
 queued: the snapshot, taken later, already includes them.
 
 After a snapshot, events are queued (endpoint events only for the watched cluster,
-config events always) and handed out in order; any event whose sequence is not
+config and lifecycle events always) and handed out in order; any event whose sequence is not
 above the last snapshot's is dropped, so nothing is delivered twice.
 
 The registry calls listeners synchronously and must never wait for a slow client,
@@ -40,6 +40,9 @@ __all__ = ["DEFAULT_MAX_QUEUE", "DEFAULT_MAX_WATCHERS", "Snapshot", "TooManyWatc
            "WatchHub", "WatchItem", "Watcher"]
 
 DEFAULT_MAX_QUEUE = 1024
+#: Events about the whole sidecar: sent to a watcher of one cluster too.
+_ALWAYS_SENT = frozenset({EventKind.CONFIG_LOADED, EventKind.CONFIG_REJECTED,
+                          EventKind.LIFECYCLE_CHANGED, EventKind.STATE_FILE_CORRUPT})
 DEFAULT_MAX_WATCHERS = 64
 
 
@@ -102,7 +105,7 @@ class Watcher:
         self._wakeup.set()
 
     def _wanted(self, event: Event) -> bool:
-        if not self.cluster or event.kind is EventKind.CONFIG_LOADED:
+        if not self.cluster or event.kind in _ALWAYS_SENT:
             return True
         cluster = event.endpoint.cluster if event.endpoint is not None else event.cluster
         return cluster == self.cluster

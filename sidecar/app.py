@@ -4,12 +4,19 @@ One process, one event loop (uvloop when installed): the data-plane listener
 (llhttp on asyncio.Protocol + `Proxy`), the admin HTTP port (/metrics, /live,
 /ready) and the admin gRPC server (grpc.aio). Lifecycle::
 
-    STARTING -> SERVING -> DRAINING -> STOPPED
+    STARTING -> READY -> DRAINING -> STOPPED
+
+`Sidecar` owns the state (`state`, `state_reason`); every change is published on
+the bus as a LIFECYCLE_CHANGED event (WatchStatus streams it), /ready answers 200
+only in READY, and GetServerInfo reports it.
 
 Reloads (file change, SIGHUP, admin RPC) render and validate the new file first;
-a bad file is reported with its location and the serving config stays.
-SIGTERM/SIGINT drain: /ready turns 503, the listener stops accepting, requests in
-flight get up to `listener.drain_timeout` to finish, then everything closes.
+a bad file is reported with its location (log, CONFIG_REJECTED event, the
+`sidecar_config_load_failures_total{reason}` metric) and the serving config stays.
+Drain (SIGTERM/SIGINT, or the Drain RPC): /ready turns 503, the listener stops
+accepting, idle keep-alive connections close, requests in flight get up to
+`listener.drain_timeout` (or the RPC's deadline) to finish. The Drain RPC stops
+there, with the admin ports up; a stop signal then closes everything.
 """
 
 from __future__ import annotations
@@ -31,13 +38,17 @@ from sidecar.core.routing import RouteMatch
 from sidecar.dataplane.checker import HealthChecker
 from sidecar.dataplane.listener import Listener
 from sidecar.dataplane.proxy import DataPlaneState, Proxy
+from sidecar.errors import ConfigError
 from sidecar.events import Event, EventKind
 from sidecar.observe.logs import set_level
 from sidecar.observe.metrics import Metrics
 from sidecar.registry import ConfigInfo, Registry
-from sidecar.reload import ConfigSource, Reloader
+from sidecar.reload import ConfigSource, Reloader, load_stage
 
-__all__ = ["Sidecar", "bound_port"]
+__all__ = ["LIFECYCLE_STATES", "Sidecar", "bound_port"]
+
+#: The lifecycle states, in order.
+LIFECYCLE_STATES = ("starting", "ready", "draining", "stopped")
 
 log = logging.getLogger("sidecar")
 
@@ -55,6 +66,7 @@ class Sidecar:
         self.checker = HealthChecker(self.registry)
         self.metrics.checker = self.checker
         self.state = "starting"
+        self.state_reason = "loading the configuration and binding the ports"
         self.proxy: Proxy | None = None
         self.ports: dict[str, int] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -63,8 +75,11 @@ class Sidecar:
         self._admin_grpc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
-        self.reloader = Reloader(source, self._apply, self._version,
-                                 lambda: self.metrics.config_loaded(False, time.time()))
+        self._stopping = False
+        self._drain_task: asyncio.Task[None] | None = None
+        #: Wall time at which requests still in flight are cut off (0: no drain yet).
+        self.drain_deadline = 0.0
+        self.reloader = Reloader(source, self._apply, self._version, self._rejected)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -83,7 +98,8 @@ class Sidecar:
         loop = asyncio.get_running_loop()
 
         admin = config.admin
-        self._admin_runner = web.AppRunner(make_admin_app(self.metrics, self.readiness),
+        self._admin_runner = web.AppRunner(make_admin_app(self.metrics, self.readiness,
+                                                          lambda: self.state),
                                            access_log=None)
         await self._admin_runner.setup()
         http = parse_host_port(admin.http_address, allow_zero_port=True)
@@ -105,43 +121,81 @@ class Sidecar:
         self._server = await loop.create_server(self._listener, listen.host, listen.port,
                                                 reuse_address=True, backlog=1024)
         self.ports["listener"] = bound_port(self._server)
+        if self._drain_task is not None:  # a Drain RPC came while starting
+            self._server.close()
         await self.checker.start()
-        self.state = "serving"
+        if self.state == "starting":  # a Drain RPC may have come first
+            self._set_state("ready", "config loaded, listener serving")
         log.info("sidecar serving", extra={"listener": self.ports["listener"],
                                            "admin_grpc": self.ports["admin_grpc"],
                                            "admin_http": self.ports["admin_http"],
                                            "config_version": self._version()[:12],
                                            "config_source": self.source.name})
 
-    async def stop(self, drain_timeout: float | None = None) -> None:
-        """Drain and stop. Safe to call more than once."""
-        if self.state in ("draining", "stopped"):
-            await self._stopped.wait()
-            return
-        self.state = "draining"
-        timeout = self.config.listener.drain_timeout if drain_timeout is None else drain_timeout
-        log.info("draining", extra={"deadline_seconds": timeout})
-        for task in self._tasks:
-            task.cancel()
-        await self.checker.stop()
+    def _set_state(self, state: str, reason: str) -> None:
+        """The one place the lifecycle state changes: set it, log it, publish it."""
+        previous, self.state, self.state_reason = self.state, state, reason
+        log.info("lifecycle", extra={"state": state, "previous_state": previous,
+                                     "reason": reason})
+        self.registry.bus.publish(EventKind.LIFECYCLE_CHANGED, state=state,
+                                  previous_state=previous, reason=reason)
+
+    def drain(self, timeout: float | None = None, reason: str = "drain requested"
+              ) -> tuple[bool, float]:
+        """Start the drain, without stopping the admin ports; returns (whether this
+        call started it, the wall time requests in flight are cut off). A drain under
+        way (or done) is left alone. Call on the event loop."""
+        if self._drain_task is not None or self.state == "stopped":
+            return False, self.drain_deadline
+        timeout = self.config.listener.drain_timeout if timeout is None else timeout
+        self.drain_deadline = time.time() + timeout
+        self._set_state("draining", reason)
         if self._server is not None:
-            self._server.close()  # stop accepting; open connections stay
+            self._server.close()  # stop accepting now; open connections stay
+        self._drain_task = asyncio.ensure_future(self._drain(timeout))
+        return True, self.drain_deadline
+
+    async def wait_drained(self) -> None:
+        """Wait until the drain started by `drain()` has finished."""
+        if self._drain_task is not None:
+            await asyncio.shield(self._drain_task)
+
+    async def _drain(self, timeout: float) -> None:
+        log.info("draining", extra={"deadline_seconds": timeout})
+        for task in self._tasks:  # no reloads while draining
+            task.cancel()
+        left = 0
         if self._listener is not None:
             # Idle connections close now; the others answer their request in flight
-            # with `Connection: close`, then close.
+            # with `Connection: close`, then close; at the deadline the rest are cut.
+            left = len(self._listener.connections)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.shutdown(timeout), timeout + 1)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.state == "draining":
+            self._set_state("draining", f"drain finished: the listener is closed "
+                                        f"({left} connection(s) were open)")
+
+    async def stop(self, drain_timeout: float | None = None, reason: str = "stopping"
+                   ) -> None:
+        """Drain (unless a drain is under way already) and stop. Safe to call more
+        than once."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self.drain(drain_timeout, reason)
+        await self.wait_drained()
+        await self.checker.stop()
         if self.proxy is not None:
             self.proxy.close()
         if self._admin_grpc is not None:
             await self._admin_grpc.stop(1.0)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
-        self.state = "stopped"
+        self._set_state("stopped", "stopped")
         self._stopped.set()
-        log.info("stopped")
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -158,8 +212,9 @@ class Sidecar:
         return self.proxy.state.routes.match(host, method, path)
 
     def readiness(self) -> tuple[bool, str]:
-        if self.state != "serving":
-            return False, self.state
+        """(ready, why): ready only in READY, with every local app cluster healthy."""
+        if self.state != "ready":
+            return False, f"{self.state}: {self.state_reason}"
         # local_app: the application beside the sidecar must have an endpoint that takes
         # traffic and passes its health checks (without checks: one that takes traffic).
         for name, members in sorted(self.registry.clusters.items()):
@@ -187,6 +242,13 @@ class Sidecar:
         """Reload the config source (see `sidecar.reload`); raises ConfigError and keeps
         the serving config when the new one is bad."""
         return await self.reloader.reload(reason)
+
+    def _rejected(self, error: ConfigError, reason: str) -> None:
+        """A reload refused a config: count it and publish it (the Reloader logged it)."""
+        stage = load_stage(error)
+        self.metrics.config_loaded(False, time.time(), stage)
+        self.registry.bus.publish(EventKind.CONFIG_REJECTED, source=error.source, stage=stage,
+                                  issues=tuple(error.issues), reason=reason)
 
     def _apply(self, config: SidecarConfig, version: str, reason: str) -> None:
         old = self.config
@@ -219,11 +281,12 @@ class Sidecar:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
-        if self.state == "draining":  # a second signal: the operator will not wait
+        if self._stopping:  # a second signal: the operator will not wait
             log.warning("second stop signal during drain: exiting now", extra={"signal": sig.name})
             logging.shutdown()
             os._exit(128 + sig.value)
-        asyncio.ensure_future(self.stop())
+        # After a Drain RPC, the drain under way goes on (its deadline holds).
+        asyncio.ensure_future(self.stop(reason=f"stop signal {sig.name}"))
 
     def _on_sighup(self) -> None:
         task = asyncio.ensure_future(self.reload("SIGHUP"))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "BadRequest",
+    "BodyTooLarge",
     "ConfigError",
     "ConfigIssue",
     "EndpointExists",
@@ -38,8 +39,11 @@ __all__ = [
     "NoHealthyEndpoint",
     "NoRoute",
     "Overflow",
+    "Overloaded",
     "ProxyError",
+    "RateLimited",
     "RegistryError",
+    "RequestTimeout",
     "SidecarError",
     "UnknownCluster",
     "UpstreamConnectError",
@@ -154,6 +158,51 @@ class HeadersTooLarge(BadRequest):
     status = 431
     code = "headers_too_large"
     message = "The request headers are too large."
+
+
+class BodyTooLarge(BadRequest):
+    """The request body is over `max_request_body_bytes` (the route's, else the
+    listener's): by its Content-Length, or counted as a streamed body arrives."""
+
+    status = 413
+    code = "body_too_large"
+    message = "The request body is too large."
+
+
+class RequestTimeout(BadRequest):
+    """The request head did not arrive whole within `request_header_timeout`, or the
+    body stalled for `request_body_timeout`."""
+
+    status = 408
+    code = "request_timeout"
+    message = "The request head did not arrive in time."
+
+
+class Overloaded(ProxyError):
+    """The listener has `max_requests` requests in flight: refused at once."""
+
+    status = 503
+    code = "overloaded"
+    message = "The sidecar is at its request limit; try again shortly."
+    retry_after = 1.0
+
+
+class RateLimited(ProxyError):
+    """The route's local rate limit (token bucket) has no token for this request.
+
+    `limit`, `remaining`, `reset` (seconds until the bucket is full again) become the
+    `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers."""
+
+    status = 429
+    code = "rate_limited"
+    message = "Too many requests; try again later."
+
+    def __init__(self, retry_after: float, limit: int, remaining: int, reset: float) -> None:
+        self.retry_after = retry_after
+        self.limit = limit
+        self.remaining = remaining
+        self.reset = reset
+        super().__init__()
 
 
 class InternalError(ProxyError):

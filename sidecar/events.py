@@ -1,9 +1,9 @@
 """The sequenced event bus: every change any component makes, in one numbered stream.
 
-The registry (endpoints added, removed, their status), the data plane (breaker
-transitions, fallbacks), the health checker and the assembly (config loaded,
-lifecycle) publish here; WatchStatus, the status page and the data plane's own
-cleanup subscribe.
+The registry (endpoints added, removed, their status, a corrupt state file), the
+data plane (breaker transitions, fallbacks), the health checker and the assembly
+(config loaded or rejected, lifecycle) publish here; WatchStatus, the status page
+and the data plane's own cleanup subscribe.
 
 Theory of operation: `publish()` gives the event the next sequence number and
 calls every subscriber synchronously, on the event loop's thread, before it
@@ -26,6 +26,7 @@ from sidecar.core.clock import Clock, SystemClock
 if TYPE_CHECKING:
     from sidecar.core.breaker import Transition
     from sidecar.core.health import HealthChange
+    from sidecar.errors import ConfigIssue
     from sidecar.registry import ConfigInfo, EndpointInfo, EndpointStatus
 
 __all__ = ["Event", "EventBus", "EventKind", "Listener"]
@@ -42,6 +43,14 @@ class EventKind(enum.Enum):
     HEALTH_CHANGED = "health_changed"
     PANIC_CHANGED = "panic_changed"
     FALLBACK_USED = "fallback_used"
+    #: The sidecar's lifecycle state changed (or a drain finished): `state`,
+    #: `previous_state`, `reason`.
+    LIFECYCLE_CHANGED = "lifecycle_changed"
+    #: A reload rejected a configuration: `source`, `stage`, `issues`, `reason` (the trigger).
+    CONFIG_REJECTED = "config_rejected"
+    #: The state file was unreadable and renamed aside: `source` (its path), `moved_to`,
+    #: `reason` (the error).
+    STATE_FILE_CORRUPT = "state_file_corrupt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,16 @@ class Event:
     #: FALLBACK_USED: cache, cluster or static; `cluster` and `route` say where.
     fallback: str = ""
     route: str = ""
+    #: LIFECYCLE_CHANGED: the lifecycle states (starting, ready, draining, stopped).
+    state: str = ""
+    previous_state: str = ""
+    #: CONFIG_REJECTED: the rejected source, the stage that failed (io, render,
+    #: validate) and the located issues.
+    source: str = ""
+    stage: str = ""
+    issues: tuple[ConfigIssue, ...] = ()
+    #: STATE_FILE_CORRUPT: where the state file was moved ("" if it could not be).
+    moved_to: str = ""
 
 
 Listener = Callable[[Event], None]

@@ -20,11 +20,13 @@ Every mutating call validates everything first and changes nothing on error.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import enum
 import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -372,18 +374,24 @@ class Registry:
     # ------------------------------------------------------------ state file
 
     def load_state(self) -> int:
-        """Re-register the ADMIN endpoints saved by an earlier run; returns how many."""
+        """Re-register the ADMIN endpoints saved by an earlier run; returns how many.
+
+        A state file that cannot be read or parsed is never fatal: it is renamed aside
+        (`<path>.corrupt-<UTC time>`, kept for inspection), logged and published as a
+        STATE_FILE_CORRUPT event, and the sidecar starts without its registrations.
+        Entries that are well-formed JSON but invalid are skipped one by one."""
         if not self._state_file or not os.path.exists(self._state_file):
             return 0
         try:
             with open(self._state_file, encoding="utf-8") as f:
                 saved = json.load(f)["endpoints"]
+            if not isinstance(saved, list):
+                raise TypeError(f"endpoints is a {type(saved).__name__}, not a list")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("state file unreadable, ignored", extra={"path": self._state_file,
-                                                              "error": str(exc)})
+            self._set_aside(exc)
             return 0
         restored = 0
-        for item in saved if isinstance(saved, list) else []:
+        for item in saved:
             try:
                 saved_status = item["status"] if "status" in item else "ACTIVE"
                 info = self.register(
@@ -402,7 +410,30 @@ class Registry:
                                                                  "error": str(exc)})
         return restored
 
+    def _set_aside(self, error: BaseException) -> None:
+        """Rename the unreadable state file aside; report it. Never raises."""
+        path = str(self._state_file)
+        what = f"{type(error).__name__}: {error}" if isinstance(error, KeyError) else str(error)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock.wall()))
+        moved_to = f"{path}.corrupt-{stamp}"
+        n = 1
+        while os.path.lexists(moved_to):
+            n += 1
+            moved_to = f"{path}.corrupt-{stamp}-{n}"
+        try:
+            os.rename(path, moved_to)
+            _fsync_directory(os.path.dirname(os.path.abspath(path)))
+        except OSError as exc:
+            log.error("state file could not be renamed aside",
+                      extra={"path": path, "error": str(exc)})
+            moved_to = ""
+        log.error("state file unreadable, moved aside; starting without its endpoints",
+                  extra={"path": path, "moved_to": moved_to, "error": what})
+        self._emit(EventKind.STATE_FILE_CORRUPT, source=path, moved_to=moved_to, reason=what)
+
     def _save_state(self) -> None:
+        """Write the ADMIN endpoints: a temporary file, fsynced, renamed over the state
+        file, then the directory fsynced, so a crash leaves the old file or the new."""
         if not self._state_file:
             return
         endpoints = [{"cluster": e.cluster, "id": e.id, "url": e.address.url, "weight": e.weight,
@@ -410,15 +441,24 @@ class Registry:
                      for members in self.clusters.values() for e in members.endpoints.values()
                      if e.source is EndpointSource.ADMIN]
         directory = os.path.dirname(os.path.abspath(self._state_file))
+        tmp = ""
         try:
             os.makedirs(directory, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sidecar-state-")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({"version": 1, "endpoints": endpoints}, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self._state_file)
+            tmp = ""
+            _fsync_directory(directory)
         except OSError as exc:
             log.error("state file not written", extra={"path": self._state_file,
                                                       "error": str(exc)})
+        finally:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def update(self, cluster: str, endpoint_id: str, *, weight: int | None = None,
                labels: Mapping[str, str] | None = None) -> EndpointInfo:
@@ -441,6 +481,20 @@ class Registry:
         if endpoint.source is EndpointSource.ADMIN:
             self._save_state()
         return endpoint.info()
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in `directory` durable (where the platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory
+    finally:
+        os.close(fd)
 
 
 def _validate(cluster: str, url: str, endpoint_id: str, weight: int,

@@ -24,10 +24,30 @@ from sidecar.config.model import SidecarConfig, config_version, parse_config
 from sidecar.dataplane.malloc import release_free_memory
 from sidecar.dataplane.tls import tls_issues
 from sidecar.errors import ConfigError, ConfigIssue
+from sidecar.observe.metrics import CONFIG_FAILURE_REASONS
 
-__all__ = ["ConfigSource", "Reloader"]
+__all__ = ["LOAD_STAGES", "ConfigLoadError", "ConfigSource", "Reloader", "load_stage"]
 
 log = logging.getLogger("sidecar")
+
+
+#: Where loading a configuration can fail: the file could not be read, could not be
+#: rendered (Jsonnet, JSON), or rendered to an invalid configuration. A bounded set
+#: (the `reason` label of `sidecar_config_load_failures_total`).
+LOAD_STAGES = CONFIG_FAILURE_REASONS
+
+
+class ConfigLoadError(ConfigError):
+    """A `ConfigError` that says at which of `LOAD_STAGES` the load failed."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue], stage: str) -> None:
+        super().__init__(source, issues)
+        self.stage = stage
+
+
+def load_stage(error: ConfigError) -> str:
+    """The stage a ConfigError happened at ("validate" unless it says otherwise)."""
+    return error.stage if isinstance(error, ConfigLoadError) else "validate"
 
 
 @dataclass
@@ -47,20 +67,35 @@ class ConfigSource:
         return self.path or self.label
 
     def load(self) -> SidecarConfig:
-        """Render, override, validate. Raises ConfigError naming the file and field."""
+        """Render, override, validate. Raises ConfigLoadError (a ConfigError) naming the
+        file, the field and the stage that failed."""
         if self.path is not None:
             from sidecar.config.loader import render_data
 
-            data = render_data(self.path, self.ext_vars, self.jpath)
+            try:
+                with open(self.path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigLoadError(self.name, [ConfigIssue("", exc.strerror or str(exc))],
+                                      "io") from None
+            try:
+                data = render_data(self.path, self.ext_vars, self.jpath)
+            except ConfigError as exc:
+                raise ConfigLoadError(exc.source, exc.issues, "render") from None
             release_free_memory()  # what the Jsonnet evaluator freed, back to the system
         else:
             data = json.loads(json.dumps(self.data or {}))
         if not isinstance(data, dict):
-            raise ConfigError(self.name, [ConfigIssue("", "the configuration must be an object")])
-        config = parse_config(self.overrides(data), self.name)
+            raise ConfigLoadError(self.name,
+                                  [ConfigIssue("", "the configuration must be an object")],
+                                  "validate")
+        try:
+            config = parse_config(self.overrides(data), self.name)
+        except ConfigError as exc:
+            raise ConfigLoadError(exc.source, exc.issues, "validate") from None
         issues = tls_issues(config)
         if issues:
-            raise ConfigError(self.name, issues)
+            raise ConfigLoadError(self.name, issues, "validate")
         return config
 
 
@@ -69,13 +104,14 @@ class Reloader:
 
     apply: swaps a validated config in (config, version, reason); it must not fail.
     serving_version: the version being served now.
-    on_rejected: called when a config was refused (for the reload-failure metric).
+    on_rejected: called with the error and the reload's reason when a config was
+        refused (for the reload-failure metric and event); it must not fail.
     """
 
     def __init__(self, source: ConfigSource,
                  apply: Callable[[SidecarConfig, str, str], None],
                  serving_version: Callable[[], str],
-                 on_rejected: Callable[[], None]) -> None:
+                 on_rejected: Callable[[ConfigError, str], None]) -> None:
         self.source = source
         self._apply = apply
         self._serving_version = serving_version
@@ -89,10 +125,11 @@ class Reloader:
                 config = await asyncio.get_running_loop().run_in_executor(None,
                                                                           self.source.load)
             except ConfigError as exc:
-                self._on_rejected()
                 log.error("config rejected, keeping the serving config",
                           extra={"reason": reason, "source": exc.source,
+                                 "stage": load_stage(exc),
                                  "issues": [str(i) for i in exc.issues]})
+                self._on_rejected(exc, reason)
                 raise
             version = config_version(config)
             if version == self._serving_version():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -45,6 +46,7 @@ __all__ = [
     "EndpointConfig",
     "ListenerConfig",
     "LoggingConfig",
+    "RateLimitConfig",
     "RouteConfig",
     "SidecarConfig",
     "UpstreamTLS",
@@ -94,6 +96,28 @@ class ListenerConfig(_Model):
                              description="Most request headers; more gets 431.")
     drain_timeout: Duration = Field(
         30.0, description="On SIGTERM, time given to requests in flight before exiting.")
+    max_request_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=0, le=1 << 50,
+        description="Largest request body; larger gets 413 body_too_large, counted as a "
+                    "streamed body arrives (default 10 MiB). A route may override it.")
+    request_header_timeout: Duration = Field(
+        10.0, description="A request head must arrive whole within this, else 408 "
+                          "request_timeout and close; a new connection that sends nothing "
+                          "is closed after it (default 10s).")
+    request_body_timeout: Duration = Field(
+        30.0, description="Longest wait between two reads of a request body, else 408 "
+                          "request_timeout and close (default 30s).")
+    idle_timeout: Duration = Field(
+        75.0, description="An idle keep-alive connection is closed after this "
+                          "(default 75s).")
+    max_connections: int = Field(
+        10_000, ge=1, le=1_000_000,
+        description="Client connections at once; a connection accepted over it is closed "
+                    "at once (default 10000).")
+    max_requests: int = Field(
+        10_000, ge=1, le=1_000_000,
+        description="Requests in flight across the listener; over it 503 overloaded with "
+                    "Retry-After (default 10000).")
     orchestrator_prefix: str | None = Field(
         "/orchestrator/",
         description="Earlier design's addressing: PREFIX{cluster}/{path} goes to that "
@@ -204,6 +228,38 @@ class ClusterConfig(ClusterSettings):
     endpoints: tuple[EndpointConfig, ...] = ()
 
 
+class RateLimitConfig(_Model):
+    """A route's local rate limit: a token bucket per key, refilled at
+    `requests_per_second` up to `burst`; a request without a token gets 429."""
+
+    requests_per_second: float = Field(
+        gt=0, le=1_000_000, description="Tokens added per second (required).")
+    burst: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Bucket size: requests allowed at once (default 0: "
+                    "requests_per_second rounded up, at least 1).")
+    key: str = Field(
+        "none", description="Whose bucket: 'none' (one for the route), 'client_ip', or "
+                            "'header:NAME' (default 'none').")
+    max_keys: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="Buckets kept, least recently used dropped first (default 10000).")
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        if value in ("none", "client_ip"):
+            return value
+        name = value[7:] if value.startswith("header:") else ""
+        if not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", name):
+            raise ValueError("must be 'none', 'client_ip' or 'header:NAME'")
+        return "header:" + name.lower()
+
+    @property
+    def bucket_size(self) -> int:
+        return self.burst or max(1, math.ceil(self.requests_per_second))
+
+
 class RouteConfig(_Model):
     """Requests whose path starts with `prefix` (and host, methods match) go to `cluster`."""
 
@@ -226,6 +282,12 @@ class RouteConfig(_Model):
     fallback: FallbackConfig | None = Field(
         None, description="What answers when the cluster cannot (default null: the error "
                           "itself).")
+    max_request_body_bytes: int | None = Field(
+        None, ge=0, le=1 << 50,
+        description="Largest request body on this route; larger gets 413 (default null: "
+                    "the listener's).")
+    rate_limit: RateLimitConfig | None = Field(
+        None, description="Local rate limit, 429 over it (default null: none).")
 
     @field_validator("prefix")
     @classmethod

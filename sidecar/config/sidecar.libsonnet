@@ -151,28 +151,51 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
       routes: [],
     } + spec,
 
-  // listener(): where the sidecar accepts requests.
-  //   address              '127.0.0.1:8000'   HOST:PORT
-  //   orchestrator_prefix  '/orchestrator/'   the earlier design's addressing:
-  //                        PREFIX{cluster}/{path} goes to {cluster} with
-  //                        PREFIX{cluster} stripped; null turns it off
-  //   max_uri_bytes        8190               longer request targets get 414
-  //   max_header_bytes     8190               longer header lines get 431
-  //   max_headers          100                more request headers get 431
-  //   drain_timeout        '30s'              on SIGTERM, time given to requests
-  //                                           in flight before exiting
+  // listener(): where the sidecar accepts requests, and its limits.
+  //   address                 '127.0.0.1:8000'   HOST:PORT
+  //   orchestrator_prefix     '/orchestrator/'   the earlier design's addressing:
+  //                           PREFIX{cluster}/{path} goes to {cluster} with
+  //                           PREFIX{cluster} stripped; null turns it off
+  //   max_uri_bytes           8190               longer request targets get 414
+  //   max_header_bytes        8190               longer header lines get 431
+  //   max_headers             100                more request headers get 431
+  //   drain_timeout           '30s'              on SIGTERM, time given to requests
+  //                                              in flight before exiting
+  //   max_request_body_bytes  10485760           larger bodies get 413 (10 MiB); a
+  //                                              route may override it
+  //   request_header_timeout  '10s'              a head must arrive whole within
+  //                                              this, else 408 and close
+  //   request_body_timeout    '30s'              longest pause between body reads,
+  //                                              else 408 and close
+  //   idle_timeout            '75s'              idle keep-alive connections close
+  //   max_connections         10000              connections over it are closed
+  //                                              as soon as they are accepted
+  //   max_requests            10000              requests in flight; over it 503
+  //                                              with Retry-After
   listener(address='127.0.0.1:8000',
            orchestrator_prefix='/orchestrator/',
            max_uri_bytes=8190,
            max_header_bytes=8190,
            max_headers=100,
-           drain_timeout='30s'):: {
+           drain_timeout='30s',
+           max_request_body_bytes=10485760,
+           request_header_timeout='10s',
+           request_body_timeout='30s',
+           idle_timeout='75s',
+           max_connections=10000,
+           max_requests=10000):: {
     address: address,
     orchestrator_prefix: orchestrator_prefix,
     max_uri_bytes: max_uri_bytes,
     max_header_bytes: max_header_bytes,
     max_headers: max_headers,
     drain_timeout: drain_timeout,
+    max_request_body_bytes: max_request_body_bytes,
+    request_header_timeout: request_header_timeout,
+    request_body_timeout: request_body_timeout,
+    idle_timeout: idle_timeout,
+    max_connections: max_connections,
+    max_requests: max_requests,
   },
 
   // admin(): the admin plane.
@@ -552,6 +575,8 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
   //   fallback        null      fallbackCache() + fallbackCluster(name) +
   //                             fallbackStatic(...): answers when the cluster
   //                             cannot
+  //   max_request_body_bytes  null  larger bodies get 413; null: the listener's
+  //   rate_limit      null      rateLimit(...): 429 over it; null: none
   route(prefix=error 'route: prefix is required',
         cluster=error 'route: cluster is required',
         methods=null,
@@ -561,7 +586,9 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
         timeout=null,
         retry=null,
         retry_non_idempotent=false,
-        fallback=null)::
+        fallback=null,
+        max_request_body_bytes=null,
+        rate_limit=null)::
     assert methods == null || std.isArray(methods) :
            "route %s: methods must be an array like ['GET'], or null for any" % prefix;
     withoutNulls({
@@ -575,7 +602,26 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
       retry: retry,
       retry_non_idempotent: retry_non_idempotent,
       fallback: fallback,
+      max_request_body_bytes: max_request_body_bytes,
+      rate_limit: rate_limit,
     }),
+
+  // rateLimit(requests_per_second): a route's local rate limit, a token bucket
+  // per key; a request that finds it empty gets 429 with Retry-After and
+  // RateLimit-Limit, -Remaining, -Reset.
+  //   requests_per_second  required  tokens added a second
+  //   burst                0         bucket size; 0: requests_per_second
+  //                                  rounded up (at least 1)
+  //   key                  'none'    'none' (one bucket), 'client_ip', or
+  //                                  'header:NAME'
+  //   max_keys             10000     buckets kept (least recently used go)
+  rateLimit(requests_per_second=error 'rateLimit: requests_per_second is required',
+            burst=0, key='none', max_keys=10000):: {
+    requests_per_second: requests_per_second,
+    burst: burst,
+    key: key,
+    max_keys: max_keys,
+  },
 
   // localApp(port): the application beside the sidecar, as a fragment to add
   // to config(): a cluster named _config.local_app.name ('local_app') with the

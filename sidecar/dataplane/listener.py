@@ -21,9 +21,20 @@ What the listener guarantees, so the proxy does not have to:
   then the socket stops being read until the proxy has taken the bytes; response
   writes wait while the transport's buffer is full.
 * A client that disconnects cancels its request's task (the proxy records 499).
-* Idle keep-alive connections close after `keepalive_timeout`; a request head
-  must arrive whole within `header_timeout` (408 otherwise). One timer per
-  listener sweeps all connections once a second, so no timer per request.
+* Limits (each answered with the sidecar's JSON error, then the connection closes):
+  a request body over `max_request_body_bytes` (the handler may set a route's own with
+  `Request.limit_body`) is 413, by its Content-Length before anything is read, or
+  counted as a streamed (chunked) body arrives: the handler's next read raises
+  `BodyTooLarge`, so an upstream request fed from it is aborted, never ended as
+  complete. A request head must arrive whole within `header_timeout` (408), a body
+  must not stall for more than `body_timeout` between reads (408; not counted while
+  reading is paused for flow control), an idle keep-alive connection closes after
+  `keepalive_timeout`, and a new connection that sends nothing after `header_timeout`.
+  One timer per listener sweeps all connections (every second, or a quarter of the
+  shortest timeout), so no timer per request.
+* `max_connections`: a connection accepted while that many are open is closed at
+  once (Envoy's global connection limit): clients over the limit fail fast instead of
+  waiting in the accept backlog, and the ones being served are not slowed down.
 * Drain (`shutdown`): the listening socket is closed by the caller; idle
   connections close at once, connections with a request in flight answer it with
   `Connection: close` and close; whatever is left at the deadline is aborted.
@@ -42,7 +53,15 @@ import httptools
 
 from sidecar.core.headers import new_request_id
 from sidecar.dataplane.response import ProxyResponse, error_response
-from sidecar.errors import BadRequest, HeadersTooLarge, InternalError, ProxyError, UriTooLong
+from sidecar.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeadersTooLarge,
+    InternalError,
+    ProxyError,
+    RequestTimeout,
+    UriTooLong,
+)
 
 __all__ = ["BODY_HIGH_WATER", "Listener", "Request", "RequestTimeout"]
 
@@ -71,12 +90,6 @@ _WATCHED_LENGTHS = frozenset({4, 6, 12, 17})
 Handler = Callable[["Request"], Awaitable[ProxyResponse]]
 
 
-class RequestTimeout(BadRequest):
-    status = 408
-    code = "request_timeout"
-    message = "The request head did not arrive in time."
-
-
 class _Stop(Exception):
     """Raised in a parser callback to stop llhttp; the reason is in `_Connection._error`."""
 
@@ -94,8 +107,9 @@ class Request:
 
     __slots__ = ("method", "raw_path", "version", "raw_headers", "host", "request_id",
                  "expect_continue", "content_length", "chunked", "keep_alive", "remote",
-                 "complete", "_conn", "_chunks", "_buffered", "_waiter", "_error",
-                 "_discard", "_response")
+                 "complete", "max_body", "_conn", "_chunks", "_buffered", "_waiter",
+                 "_error", "_discard", "_response", "_received", "_limit_set",
+                 "_last_read")
 
     def __init__(self, conn: _Connection, method: str, raw_path: str, version: bytes,
                  raw_headers: list[tuple[bytes, bytes]], host: str | None,
@@ -115,6 +129,11 @@ class Request:
         self.remote = remote
         #: The whole body has been received (and parsed).
         self.complete = False
+        #: Largest body accepted (`limit_body`); the listener's until the handler says.
+        self.max_body = conn.listener.max_request_body_bytes
+        self._received = 0  # body bytes received so far
+        self._limit_set = False  # max_body is final: enforce it as bytes arrive
+        self._last_read = conn.loop.time()  # when body bytes last arrived (or could)
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -125,8 +144,35 @@ class Request:
 
     # ------------------------------------------------------------ body, for the proxy
 
+    def limit_body(self, max_bytes: int) -> None:
+        """Set the largest body this request may have (a route's override); a body
+        already over it fails the next read with `BodyTooLarge`."""
+        self.max_body = max_bytes
+        self._check_limit()
+
+    def _check_limit(self) -> None:
+        self._limit_set = True
+        if self._error is None and (
+                self._received > self.max_body
+                or (self.content_length or 0) > self.max_body):
+            self._too_large()
+
+    def _too_large(self) -> None:
+        """Over `max_body`: drop what is buffered and what still arrives; the next read
+        raises, and the connection closes after the answer."""
+        self._discard = True
+        self._chunks.clear()
+        self._buffered = 0
+        self.keep_alive = False
+        self._fail(BodyTooLarge())
+        conn = self._conn
+        if conn.reading_paused:
+            conn.update_reading()
+
     async def read(self) -> bytes:
         """The whole body."""
+        if not self._limit_set:
+            self._check_limit()
         while not self.complete:
             await self._wait()
         chunks = self._chunks
@@ -137,6 +183,8 @@ class Request:
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in the pieces it arrives in."""
+        if not self._limit_set:
+            self._check_limit()
         chunks = self._chunks
         while True:
             if chunks:
@@ -155,6 +203,7 @@ class Request:
         if (self.expect_continue and self.version == b"1.1" and not self.complete
                 and self._response is None):
             self.expect_continue = False
+            self._last_read = self._conn.loop.time()
             transport = self._conn.transport
             if transport is not None and not transport.is_closing():
                 transport.write(_CONTINUE)
@@ -248,12 +297,20 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.since = 0.0  # when it became idle, or when the current head began
+        self._fresh = True  # no request has begun on this connection yet
+        self._refused = False  # closed at accept: over max_connections
         self._linger: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        listener = self.listener
+        if len(listener.connections) >= listener.max_connections:
+            self._refused = self._ended = True
+            listener.refused_connections += 1
+            self.transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -293,6 +350,8 @@ class _Connection(asyncio.Protocol):
         return None  # the transport closes; connection_lost cancels what is in flight
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
         self.listener.connections.discard(self)
         if self._linger is not None:
             self._linger.cancel()
@@ -331,6 +390,7 @@ class _Connection(asyncio.Protocol):
         self._expect = self._chunked = False
         self._content_length = None
         self._in_head = True
+        self._fresh = False
         self._head_bytes = 0
         self.since = self.loop.time()
 
@@ -388,6 +448,11 @@ class _Connection(asyncio.Protocol):
         request = self._parsing
         if request is None or request._discard:
             return
+        request._last_read = self.loop.time()
+        received = request._received = request._received + len(body)
+        if received > request.max_body and request._limit_set:
+            request._too_large()
+            return
         request._chunks.append(body)
         request._buffered += len(body)
         request._wake()
@@ -431,6 +496,8 @@ class _Connection(asyncio.Protocol):
                 transport.pause_reading()
             else:
                 transport.resume_reading()
+                if parsing is not None:  # a stall starts counting from here
+                    parsing._last_read = self.loop.time()
 
     async def _serve(self, request: Request) -> None:
         """Answer `request`, then the requests pipelined behind it, in order."""
@@ -558,17 +625,33 @@ class _Connection(asyncio.Protocol):
 
     def sweep(self, now: float) -> None:
         """Close an idle connection past its idle timeout; answer 408 to a head that
-        takes too long."""
-        if self._active is not None or self._ended:
+        takes too long, and to a body that stalls."""
+        if self._ended:
             return
         listener = self.listener
+        transport = self.transport
+        assert transport is not None
+        parsing = self._parsing
+        if parsing is not None and not parsing.complete:
+            if (self.reading_paused or now - parsing._last_read <= listener.body_timeout
+                    or (parsing.expect_continue and parsing.version == b"1.1")):
+                return  # flow control holds it, or the client waits for 100 Continue
+            if parsing._discard or parsing is not self._active:
+                self._ended = True  # answered already, or nobody reads it: just close
+                transport.close()
+            elif parsing._error is None:
+                parsing.keep_alive = False
+                parsing._fail(RequestTimeout("The request body did not arrive in time."))
+            return
+        if self._active is not None:
+            return
         if self._in_head:
             if now - self.since > listener.header_timeout:
                 self._parse_failed(RequestTimeout())
-        elif now - self.since > listener.keepalive_timeout:
-            assert self.transport is not None
+        elif now - self.since > (listener.header_timeout if self._fresh
+                                 else listener.keepalive_timeout):
             self._ended = True
-            self.transport.close()
+            transport.close()
 
     def drain(self) -> None:
         """Stop taking requests: close now if idle, else after the answer in flight."""
@@ -595,19 +678,37 @@ class Listener:
 
     def __init__(self, handler: Handler, *, max_uri_bytes: int = 8190,
                  max_header_bytes: int = 8190, max_headers: int = 100,
-                 keepalive_timeout: float = 75.0, header_timeout: float = 60.0,
-                 sweep_interval: float = 1.0) -> None:
+                 keepalive_timeout: float = 75.0, header_timeout: float = 10.0,
+                 body_timeout: float = 30.0, max_request_body_bytes: int = 1 << 62,
+                 max_connections: int = 10_000, sweep_interval: float | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
         self.max_uri_bytes = max_uri_bytes
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
-        self.keepalive_timeout = keepalive_timeout
-        self.header_timeout = header_timeout
-        self.sweep_interval = sweep_interval
+        self._fixed_sweep = sweep_interval
+        self.configure(keepalive_timeout=keepalive_timeout, header_timeout=header_timeout,
+                       body_timeout=body_timeout,
+                       max_request_body_bytes=max_request_body_bytes,
+                       max_connections=max_connections)
+        #: Connections closed at accept because `max_connections` were open.
+        self.refused_connections = 0
         self.connections: set[_Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_gone: asyncio.Event | None = None
+
+    def configure(self, *, keepalive_timeout: float, header_timeout: float,
+                  body_timeout: float, max_request_body_bytes: int,
+                  max_connections: int) -> None:
+        """Take new limits (a reload): connections and requests already open keep the
+        body limit they started with; timeouts apply from the next sweep."""
+        self.keepalive_timeout = keepalive_timeout
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_request_body_bytes = max_request_body_bytes
+        self.max_connections = max_connections
+        self.sweep_interval = self._fixed_sweep or min(
+            1.0, max(0.01, min(keepalive_timeout, header_timeout, body_timeout) / 4))
 
     def __call__(self) -> _Connection:
         if self._sweeper is None:

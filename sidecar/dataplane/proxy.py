@@ -2,9 +2,13 @@
 
 Theory of operation, per request:
 
+0. Admit: over `listener.max_requests` in flight, 503 `overloaded` at once.
 1. Validate what the listener's strict parser does not (Host, request target, CONNECT).
 2. Route with the `RouteTable` of the snapshot current when the request arrived;
-   a reload swaps `Proxy.state` and never touches a request in flight.
+   a reload swaps `Proxy.state` and never touches a request in flight. Then the
+   route's limits: its rate limit (429 `rate_limited`, `sidecar.core.ratelimit`) and
+   its body limit (413 `body_too_large`: by Content-Length before anything is read,
+   else counted by the listener as the body arrives).
 3. Pick an endpoint from the cluster's routable tuple (registry, copy-on-write).
 4. Build the upstream head in one pass (`headers.build_request_head`), send it with
    the body through the endpoint's `UpstreamPool`, under the total timeout.
@@ -26,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from sidecar.config.model import ClusterSettings, SidecarConfig
+from sidecar.config.model import ClusterSettings, RateLimitConfig, RouteConfig, SidecarConfig
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.fallback import (
     CACHE,
@@ -46,6 +50,7 @@ from sidecar.core.headers import (
 )
 from sidecar.core.hosts import Host
 from sidecar.core.limits import MAX_PENDING, ClusterLimits
+from sidecar.core.ratelimit import RateLimiter
 from sidecar.core.retry import (
     CONNECT_FAILURE,
     GATEWAY_ERROR,
@@ -69,11 +74,14 @@ from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
 from sidecar.dataplane.response import ProxyResponse, connection_field, error_response
 from sidecar.errors import (
     BadRequest,
+    BodyTooLarge,
     MethodNotAllowed,
     NoHealthyEndpoint,
     NoRoute,
     Overflow,
+    Overloaded,
     ProxyError,
+    RateLimited,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamReset,
@@ -154,6 +162,8 @@ class DataPlaneState:
     config: SidecarConfig
     routes: RouteTable
     rng: random.Random = field(default_factory=random.Random)
+    #: Each configured route's config, by route name (the orchestrator route has none).
+    route_configs: dict[str, RouteConfig] = field(default_factory=dict)
     _policies: dict[tuple[str, str], RetryPolicy] = field(default_factory=dict)
     _fallbacks: dict[str, FallbackPlan] = field(default_factory=dict)
 
@@ -162,7 +172,8 @@ class DataPlaneState:
         clusters = registry.clusters
         routes = RouteTable(config.routes, config.listener.orchestrator_prefix,
                             clusters.__contains__)
-        return cls(config, routes)
+        return cls(config, routes,
+                   route_configs={route.route_name: route for route in config.routes})
 
     def fallback_plan(self, route: Route) -> FallbackPlan:
         """The route's fallbacks in order (made once per route and configuration)."""
@@ -239,6 +250,10 @@ class Proxy:
         self._clock: Callable[[], float] = (
             time.monotonic if clock is None or isinstance(clock, SystemClock) else clock.now)
         self._deadlines = DeadlineWheel(asyncio.get_running_loop())
+        #: Rate limiters by route name; kept across reloads while the route has one.
+        self._limiters: dict[str, tuple[RateLimitConfig, RateLimiter]] = {}
+        #: Called with each new state (`sidecar.dataplane.server`: listener limits).
+        self.state_hooks: list[Callable[[DataPlaneState], None]] = []
 
     def swap_state(self, state: DataPlaneState) -> None:
         """Serve a new configuration; requests in flight keep the state they started with.
@@ -247,6 +262,12 @@ class Proxy:
         closed, and the endpoint's next request makes a new one."""
         self.state = state
         self.access_log = state.config.logging.access_log
+        limited = {name for name, route in state.route_configs.items()
+                   if route.rate_limit is not None}
+        for name in [name for name in self._limiters if name not in limited]:
+            del self._limiters[name]
+        for hook in self.state_hooks:
+            hook(state)
         for members in self.registry.clusters.values():
             settings = members.settings
             for host in members.hosts.hosts.values():
@@ -287,6 +308,8 @@ class Proxy:
         status = 500
         try:
             state = self.state
+            if metrics.active_requests > state.config.listener.max_requests:
+                raise Overloaded()
             method = request.method
             host = request.host
             if host is None:
@@ -304,6 +327,7 @@ class Proxy:
             match = routes.match(_host_without_port(host) if routes.uses_host else "", method,
                                  target)
             route_name, cluster_name = match.route.name, match.cluster
+            self._route_limits(request, state.route_configs.get(route_name), state)
             response = await self._forward(request, state, match, request_id.encode(),
                                            version)
             status = getattr(response, "aborted_status", None) or response.status
@@ -326,6 +350,50 @@ class Proxy:
                     "method": request.method, "path": request.raw_path, "status": status,
                     "duration_seconds": round(elapsed, 6), "route": route_name,
                     "cluster": cluster_name})
+
+    def _route_limits(self, request: Request, route: RouteConfig | None,
+                      state: DataPlaneState) -> None:
+        """The route's rate limit, then its body limit (raise 429 or 413); `route` is
+        None for the orchestrator route, which has the listener's body limit."""
+        rate = route.rate_limit if route is not None else None
+        if rate is not None:
+            assert route is not None
+            entry = self._limiters.get(route.route_name)
+            if entry is None:
+                limiter = RateLimiter(rate.requests_per_second, rate.bucket_size,
+                                      rate.max_keys)
+                self._limiters[route.route_name] = (rate, limiter)
+            else:
+                limiter = entry[1]
+                if entry[0] is not rate:  # a reload: keep the buckets, take the bounds
+                    limiter.update_config(rate.requests_per_second, rate.bucket_size,
+                                          rate.max_keys)
+                    self._limiters[route.route_name] = (rate, limiter)
+            decision = limiter.take(self._rate_key(request, rate.key), self._clock())
+            if not decision.allowed:
+                raise RateLimited(decision.retry_after, decision.limit, decision.remaining,
+                                  decision.reset)
+        limit = route.max_request_body_bytes if route is not None else None
+        if limit is None:
+            limit = state.config.listener.max_request_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyTooLarge()  # refused before a byte of it is read
+        if limit != request.max_body:
+            request.limit_body(limit)
+
+    @staticmethod
+    def _rate_key(request: Request, key: str) -> str:
+        """Whose bucket: the route's one, the client's address, or a header's value
+        (requests without the header share one bucket)."""
+        if key == "none":
+            return ""
+        if key == "client_ip":
+            return request.remote
+        name = key[7:].encode()
+        for field_name, value in request.raw_headers:
+            if len(field_name) == len(name) and field_name.lower() == name:
+                return "=" + value.decode("latin-1")
+        return ""
 
     @staticmethod
     def _origin_form(request: Request, target: str) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import json
 import math
 
 from sidecar.core.headers import build_response_head
-from sidecar.errors import MethodNotAllowed, ProxyError
+from sidecar.errors import MethodNotAllowed, ProxyError, RateLimited
 
 __all__ = ["ProxyResponse", "connection_field", "error_response"]
 
@@ -58,6 +58,10 @@ def error_response(error: ProxyError, request_id: str, version: bytes = b"1.1",
                                  "request_id": request_id}}, separators=(",", ":")).encode()
     if isinstance(error, MethodNotAllowed):
         extra_headers += b"Allow: " + ", ".join(error.allowed).encode() + b"\r\n"
+    elif isinstance(error, RateLimited):
+        extra_headers += b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\n" \
+            b"RateLimit-Reset: %d\r\n" % (error.limit, error.remaining,
+                                           max(1, math.ceil(error.reset)))
     if error.retry_after is not None:
         extra_headers += b"Retry-After: %d\r\n" % max(1, math.ceil(error.retry_after))
     framing = b"Content-Length: %d\r\n" % len(body) + connection_field(keep_alive, version)

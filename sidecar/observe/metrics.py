@@ -36,7 +36,9 @@ or ever (every result appears, 0 until seen):
   timeout, error (`sidecar.dataplane.checker.RESULTS`).
 * `health_check_duration_seconds{cluster}`: summary (`_sum`, `_count`) of check latency.
 
-And `config_loads_total{result}`, `config_last_load_timestamp_seconds`.
+And `config_loads_total{result}`, `config_last_load_timestamp_seconds`, and
+`config_load_failures_total{reason}`: configurations a reload rejected, by the stage
+that failed (io, render, validate: `CONFIG_FAILURE_REASONS`, each 0 until seen).
 """
 
 from __future__ import annotations
@@ -57,11 +59,14 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from sidecar.registry import Registry
 
-__all__ = ["DURATION_BUCKETS", "CheckCounters", "Metrics", "RequestStats"]
+__all__ = ["CONFIG_FAILURE_REASONS", "DURATION_BUCKETS", "CheckCounters", "Metrics", "RequestStats"]
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                     5.0, 10.0, 30.0)
 _CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+#: The `reason` label values of `sidecar_config_load_failures_total`: where a rejected
+#: configuration failed (`sidecar.reload.LOAD_STAGES`).
+CONFIG_FAILURE_REASONS = ("io", "render", "validate")
 
 
 class RequestStats:
@@ -109,6 +114,7 @@ class Metrics(Collector):
         self.breaker_transitions: dict[tuple[str, str], int] = {}
         self.fallbacks: dict[tuple[str, str], int] = {}
         self.config_loads = {"success": 0, "failure": 0}
+        self.config_load_failures = dict.fromkeys(CONFIG_FAILURE_REASONS, 0)
         self.config_last_load = 0.0
         self.registry: Registry | None = None
         #: The active health checker, whose counters are exposed (None: no such families).
@@ -146,8 +152,14 @@ class Metrics(Collector):
         key = (route, kind)
         self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
 
-    def config_loaded(self, ok: bool, when: float) -> None:
+    def config_loaded(self, ok: bool, when: float, reason: str = "") -> None:
+        """A configuration was loaded, or (ok False) rejected at stage `reason`, one of
+        `CONFIG_FAILURE_REASONS` (anything else counts as "validate": the label stays
+        bounded)."""
         self.config_loads["success" if ok else "failure"] += 1
+        if not ok:
+            key = reason if reason in CONFIG_FAILURE_REASONS else "validate"
+            self.config_load_failures[key] += 1
         if ok:
             self.config_last_load = when
 
@@ -202,6 +214,12 @@ class Metrics(Collector):
         for result, count in sorted(self.config_loads.items()):
             loads.add_metric([result], count)
         yield loads
+        failures = CounterMetricFamily("sidecar_config_load_failures", "Configurations a "
+                                       "reload rejected, by the stage that failed (io, "
+                                       "render, validate).", labels=["reason"])
+        for reason, count in sorted(self.config_load_failures.items()):
+            failures.add_metric([reason], count)
+        yield failures
         yield GaugeMetricFamily("sidecar_config_last_load_timestamp_seconds",
                                 "When the serving configuration was loaded (Unix time).",
                                 value=self.config_last_load)

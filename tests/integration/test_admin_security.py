@@ -88,6 +88,7 @@ CALLS: dict[str, Any] = {
     "ReloadConfig": api.ReloadConfigRequest(),
     "SetLogLevel": api.SetLogLevelRequest(),  # no level: INVALID_ARGUMENT, after auth
     "GetServerInfo": api.GetServerInfoRequest(),
+    "Drain": api.DrainRequest(),
 }
 
 

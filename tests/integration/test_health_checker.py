@@ -379,7 +379,7 @@ async def test_local_app_readiness_follows_its_health(upstreams, run, pulse):
     ready = f"http://127.0.0.1:{sidecar.ports['admin_http']}/ready"
     # Never passed a check: not ready, although panic mode lets it take traffic.
     status, body = await get(ready)
-    assert (status, body) == (503, {"status": "not_ready",
+    assert (status, body) == (503, {"status": "not_ready", "state": "ready",
                                     "reason": "local app cluster 'app' has no healthy endpoint"})
 
     up.status = 200
@@ -400,7 +400,8 @@ async def test_local_app_without_checks_is_ready_with_an_active_endpoint(upstrea
     assert (await get(ready))[0] == 200
     sidecar.registry.set_status("app", "a", EndpointStatus.DISABLED, "test")
     assert await get(ready) == (503, {
-        "status": "not_ready", "reason": "local app cluster 'app' has no healthy endpoint"})
+        "status": "not_ready", "state": "ready",
+        "reason": "local app cluster 'app' has no healthy endpoint"})
     sidecar.registry.set_status("other", "other", EndpointStatus.DISABLED, "test")
     sidecar.registry.set_status("app", "a", EndpointStatus.ACTIVE, "test")
     assert (await get(ready))[0] == 200  # only the local app counts

@@ -47,6 +47,7 @@ FAMILIES: dict[str, tuple[str, set[str]]] = {
     "sidecar_breaker_transitions": ("counter", {"cluster", "state"}),
     "sidecar_fallbacks": ("counter", {"route", "kind"}),
     "sidecar_config_loads": ("counter", {"result"}),
+    "sidecar_config_load_failures": ("counter", {"reason"}),
     "sidecar_config_last_load_timestamp_seconds": ("gauge", set()),
     "sidecar_endpoints": ("gauge", {"cluster", "status"}),
     "sidecar_breaker_state": ("gauge", {"cluster", "endpoint", "state"}),

@@ -20,6 +20,7 @@ from sidecar.core.health import CheckResult, HealthChange, HealthStatus
 from sidecar.core.hosts import Host
 from sidecar.core.routing import RouteTable
 from sidecar.errors import (
+    ConfigIssue,
     EndpointExists,
     EndpointNotFound,
     EndpointNotRemovable,
@@ -395,6 +396,18 @@ SAMPLES: dict[EventKind, tuple[Event, str]] = {
     EventKind.FALLBACK_USED: (
         Event(1, 0.0, EventKind.FALLBACK_USED, cluster="users", route="users-api",
               fallback="cache", reason="no_healthy_upstream"), "fallback_used"),
+    EventKind.LIFECYCLE_CHANGED: (
+        Event(1, 0.0, EventKind.LIFECYCLE_CHANGED, state="draining", previous_state="ready",
+              reason="Drain RPC"), "lifecycle_changed"),
+    EventKind.CONFIG_REJECTED: (
+        Event(1, 0.0, EventKind.CONFIG_REJECTED, source="/etc/sidecar.jsonnet",
+              stage="validate", reason="SIGHUP",
+              issues=(ConfigIssue("routes[0].cluster", "unknown cluster 'x'"),)),
+        "config_rejected"),
+    EventKind.STATE_FILE_CORRUPT: (
+        Event(1, 0.0, EventKind.STATE_FILE_CORRUPT, source="/var/lib/s.json",
+              moved_to="/var/lib/s.json.corrupt-20260101T000000Z", reason="bad JSON"),
+        "state_file_corrupt"),
 }
 
 
@@ -439,6 +452,32 @@ def test_panic_and_fallback_events() -> None:
                          ("carrier-pigeon", res.FALLBACK_KIND_UNSPECIFIED)):
         event = Event(3, 0.0, EventKind.FALLBACK_USED, fallback=name)
         assert convert.event_to_proto(event).fallback_used.kind == number
+
+
+def test_lifecycle_and_config_rejected_events() -> None:
+    life = convert.event_to_proto(SAMPLES[EventKind.LIFECYCLE_CHANGED][0]).lifecycle_changed
+    assert (life.previous_state, life.state, life.reason) == (
+        res.SERVER_STATE_READY, res.SERVER_STATE_DRAINING, "Drain RPC")
+    for name in ("starting", "ready", "draining", "stopped"):
+        assert convert.SERVER_STATES[name] != res.SERVER_STATE_UNSPECIFIED
+    corrupt = convert.event_to_proto(
+        SAMPLES[EventKind.STATE_FILE_CORRUPT][0]).state_file_corrupt
+    assert (corrupt.path, corrupt.moved_to, corrupt.error) == (
+        "/var/lib/s.json", "/var/lib/s.json.corrupt-20260101T000000Z", "bad JSON")
+    bad = convert.event_to_proto(SAMPLES[EventKind.CONFIG_REJECTED][0]).config_rejected
+    assert (bad.source, bad.stage, bad.trigger) == ("/etc/sidecar.jsonnet", "validate",
+                                                    "SIGHUP")
+    assert [(i.path, i.message) for i in bad.issues] == [
+        ("routes[0].cluster", "unknown cluster 'x'")]
+
+
+def test_drain_deadline() -> None:
+    assert convert.drain_deadline(api.DrainRequest()) is None
+    assert convert.drain_deadline(api.DrainRequest(deadline=Duration(seconds=2,
+                                                                     nanos=500_000_000))) == 2.5
+    for bad in (Duration(), Duration(seconds=-1), Duration(seconds=3601)):
+        with pytest.raises(convert.InvalidArgument):
+            convert.drain_deadline(api.DrainRequest(deadline=bad))
 
 
 def test_snapshot_with_observed_state() -> None:

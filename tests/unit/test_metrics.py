@@ -75,6 +75,7 @@ def test_empty_metrics_expose_every_family() -> None:
         "sidecar_breaker_transitions_total": "counter",
         "sidecar_fallbacks_total": "counter",
         "sidecar_config_loads_total": "counter",
+        "sidecar_config_load_failures_total": "counter",
         "sidecar_config_last_load_timestamp_seconds": "gauge",
     }
     found = samples(text)
@@ -209,6 +210,10 @@ def test_config_loads_and_last_load_time() -> None:
     found = samples(scrape(metrics))
     assert value(found, "sidecar_config_loads_total", result="success") == 2
     assert value(found, "sidecar_config_loads_total", result="failure") == 2
+    # Without a reason, a failure counts as "validate"; every reason shows, 0 until seen.
+    assert named(found, "sidecar_config_load_failures_total") == {
+        frozenset({("reason", "io")}): 0, frozenset({("reason", "render")}): 0,
+        frozenset({("reason", "validate")}): 2}
     assert value(found, "sidecar_config_last_load_timestamp_seconds") == 1_700_000_200.0
 
 

@@ -281,3 +281,19 @@ class GetServerInfoResponse(_message.Message):
     config: _resources_pb2.ConfigInfo
     log_level: _resources_pb2.LogLevel
     def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., state: _Optional[_Union[_resources_pb2.ServerState, str]] = ..., state_reason: _Optional[str] = ..., config: _Optional[_Union[_resources_pb2.ConfigInfo, _Mapping]] = ..., log_level: _Optional[_Union[_resources_pb2.LogLevel, str]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("deadline",)
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    deadline: _duration_pb2.Duration
+    def __init__(self, deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("state", "started", "deadline_time")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_TIME_FIELD_NUMBER: _ClassVar[int]
+    state: _resources_pb2.ServerState
+    started: bool
+    deadline_time: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[_Union[_resources_pb2.ServerState, str]] = ..., started: _Optional[bool] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

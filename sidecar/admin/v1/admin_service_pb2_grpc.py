@@ -112,6 +112,11 @@ class AdminServiceStub:
                 request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/Drain',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -259,6 +264,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Starts the drain that SIGTERM starts, without exiting: /ready answers 503, the
+        listener stops accepting, idle keep-alive connections close, and requests in
+        flight get until the deadline to finish. The admin ports stay up, so the state
+        can be watched (GetServerInfo, WatchStatus); the process exits on SIGTERM.
+        Idempotent: a second call changes nothing and returns the first deadline.
+        Errors: INVALID_ARGUMENT (deadline not positive or over 1h).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +353,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoRequest.FromString,
                     response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +768,33 @@ class AdminService:
             '/sidecar.admin.v1.AdminService/GetServerInfo',
             sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoRequest.SerializeToString,
             sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/Drain',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

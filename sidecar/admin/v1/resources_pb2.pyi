@@ -266,8 +266,40 @@ class FallbackUsed(_message.Message):
     reason: str
     def __init__(self, route: _Optional[str] = ..., cluster: _Optional[str] = ..., kind: _Optional[_Union[FallbackKind, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class LifecycleChanged(_message.Message):
+    __slots__ = ("previous_state", "state", "reason")
+    PREVIOUS_STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    previous_state: ServerState
+    state: ServerState
+    reason: str
+    def __init__(self, previous_state: _Optional[_Union[ServerState, str]] = ..., state: _Optional[_Union[ServerState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ConfigRejected(_message.Message):
+    __slots__ = ("source", "stage", "issues", "trigger")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ISSUES_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    stage: str
+    issues: _containers.RepeatedCompositeFieldContainer[ConfigIssue]
+    trigger: str
+    def __init__(self, source: _Optional[str] = ..., stage: _Optional[str] = ..., issues: _Optional[_Iterable[_Union[ConfigIssue, _Mapping]]] = ..., trigger: _Optional[str] = ...) -> None: ...
+
+class StateFileCorrupt(_message.Message):
+    __slots__ = ("path", "moved_to", "error")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MOVED_TO_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    moved_to: str
+    error: str
+    def __init__(self, path: _Optional[str] = ..., moved_to: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
 class StatusEvent(_message.Message):
-    __slots__ = ("sequence", "time", "endpoint_added", "endpoint_removed", "endpoint_status_changed", "config_loaded", "breaker_changed", "health_changed", "panic_changed", "fallback_used")
+    __slots__ = ("sequence", "time", "endpoint_added", "endpoint_removed", "endpoint_status_changed", "config_loaded", "breaker_changed", "health_changed", "panic_changed", "fallback_used", "lifecycle_changed", "config_rejected", "state_file_corrupt")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ADDED_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +310,9 @@ class StatusEvent(_message.Message):
     HEALTH_CHANGED_FIELD_NUMBER: _ClassVar[int]
     PANIC_CHANGED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_USED_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FILE_CORRUPT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     endpoint_added: EndpointAdded
@@ -288,7 +323,10 @@ class StatusEvent(_message.Message):
     health_changed: HealthChanged
     panic_changed: PanicChanged
     fallback_used: FallbackUsed
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint_added: _Optional[_Union[EndpointAdded, _Mapping]] = ..., endpoint_removed: _Optional[_Union[EndpointRemoved, _Mapping]] = ..., endpoint_status_changed: _Optional[_Union[EndpointStatusChanged, _Mapping]] = ..., config_loaded: _Optional[_Union[ConfigLoaded, _Mapping]] = ..., breaker_changed: _Optional[_Union[BreakerChanged, _Mapping]] = ..., health_changed: _Optional[_Union[HealthChanged, _Mapping]] = ..., panic_changed: _Optional[_Union[PanicChanged, _Mapping]] = ..., fallback_used: _Optional[_Union[FallbackUsed, _Mapping]] = ...) -> None: ...
+    lifecycle_changed: LifecycleChanged
+    config_rejected: ConfigRejected
+    state_file_corrupt: StateFileCorrupt
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint_added: _Optional[_Union[EndpointAdded, _Mapping]] = ..., endpoint_removed: _Optional[_Union[EndpointRemoved, _Mapping]] = ..., endpoint_status_changed: _Optional[_Union[EndpointStatusChanged, _Mapping]] = ..., config_loaded: _Optional[_Union[ConfigLoaded, _Mapping]] = ..., breaker_changed: _Optional[_Union[BreakerChanged, _Mapping]] = ..., health_changed: _Optional[_Union[HealthChanged, _Mapping]] = ..., panic_changed: _Optional[_Union[PanicChanged, _Mapping]] = ..., fallback_used: _Optional[_Union[FallbackUsed, _Mapping]] = ..., lifecycle_changed: _Optional[_Union[LifecycleChanged, _Mapping]] = ..., config_rejected: _Optional[_Union[ConfigRejected, _Mapping]] = ..., state_file_corrupt: _Optional[_Union[StateFileCorrupt, _Mapping]] = ...) -> None: ...
 
 class ConfigIssue(_message.Message):
     __slots__ = ("path", "message")

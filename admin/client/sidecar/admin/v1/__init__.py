@@ -12,8 +12,11 @@ __all__ = (
     "ConfigInfo",
     "ConfigIssue",
     "ConfigLoaded",
+    "ConfigRejected",
     "DeregisterEndpointRequest",
     "DeregisterEndpointResponse",
+    "DrainRequest",
+    "DrainResponse",
     "Endpoint",
     "EndpointAdded",
     "EndpointCandidate",
@@ -32,6 +35,7 @@ __all__ = (
     "HealthChanged",
     "HealthCheckResult",
     "HealthStatus",
+    "LifecycleChanged",
     "ListEndpointsRequest",
     "ListEndpointsResponse",
     "LogLevel",
@@ -47,6 +51,7 @@ __all__ = (
     "ServerState",
     "SetLogLevelRequest",
     "SetLogLevelResponse",
+    "StateFileCorrupt",
     "StatusEvent",
     "StatusSnapshot",
     "TripBreakerRequest",
@@ -575,6 +580,44 @@ default_message_pool.register_message("sidecar.admin.v1", "ConfigLoaded", Config
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ConfigRejected(betterproto2.Message):
+    """
+    A reload (file change, SIGHUP, ReloadConfig) rejected a configuration; the
+    serving configuration stays.
+    """
+
+    source: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    The file (or "<flags>") that was rejected.
+    """
+
+    stage: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    Where it failed: "io" (could not be read), "render" (Jsonnet or JSON) or
+    "validate" (the rendered configuration is invalid).
+    """
+
+    issues: "list[ConfigIssue]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Every issue found, with its location.
+    """
+
+    trigger: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING
+    )
+    """
+    What started the reload: "SIGHUP", "file changed", "ReloadConfig RPC", ...
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "ConfigRejected", ConfigRejected)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class DeregisterEndpointRequest(betterproto2.Message):
     """
     Request of DeregisterEndpoint.
@@ -615,6 +658,53 @@ class DeregisterEndpointResponse(betterproto2.Message):
 default_message_pool.register_message(
     "sidecar.admin.v1", "DeregisterEndpointResponse", DeregisterEndpointResponse
 )
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class DrainRequest(betterproto2.Message):
+    """
+    Request of Drain.
+    """
+
+    deadline: "datetime.timedelta | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    How long requests in flight get to finish before their connections are
+    closed. If not specified, the default is `listener.drain_timeout`.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "DrainRequest", DrainRequest)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class DrainResponse(betterproto2.Message):
+    """
+    Response of Drain.
+    """
+
+    state: "ServerState" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: ServerState(0)
+    )
+    """
+    Lifecycle state after the call: DRAINING (or STOPPED).
+    """
+
+    started: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Whether this call started the drain (false: one was under way already).
+    """
+
+    deadline_time: "datetime.datetime | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When requests still in flight are cut off.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "DrainResponse", DrainResponse)
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
@@ -1154,6 +1244,37 @@ default_message_pool.register_message("sidecar.admin.v1", "HealthCheckResult", H
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class LifecycleChanged(betterproto2.Message):
+    """
+    The sidecar's lifecycle state changed.
+    """
+
+    previous_state: "ServerState" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: ServerState(0)
+    )
+    """
+    The state before the change (equal to `state` when a drain finished).
+    """
+
+    state: "ServerState" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: ServerState(0)
+    )
+    """
+    The state now.
+    """
+
+    reason: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING
+    )
+    """
+    Why, e.g. "Drain RPC", "SIGTERM", "drain finished: every connection closed".
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "LifecycleChanged", LifecycleChanged)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class ListEndpointsRequest(betterproto2.Message):
     """
     Request of ListEndpoints.
@@ -1533,6 +1654,38 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class StateFileCorrupt(betterproto2.Message):
+    """
+    The state file could not be read or parsed. It was renamed aside (kept for
+    inspection) and the sidecar went on without the registrations it held.
+    """
+
+    path: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    The state file's path.
+    """
+
+    moved_to: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    Where it was moved: "<path>.corrupt-<UTC time>"; empty if the rename failed.
+    """
+
+    error: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING
+    )
+    """
+    What was wrong with it.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "StateFileCorrupt", StateFileCorrupt)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class StatusEvent(betterproto2.Message):
     """
     One change of state.
@@ -1610,6 +1763,29 @@ class StatusEvent(betterproto2.Message):
     )
     """
     A fallback answered for a route.
+    """
+
+    lifecycle_changed: "LifecycleChanged | None" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, optional=True, group="change"
+    )
+    """
+    The sidecar's lifecycle state changed (STARTING, READY, DRAINING, STOPPED),
+    or a drain finished.
+    """
+
+    config_rejected: "ConfigRejected | None" = betterproto2.field(
+        12, betterproto2.TYPE_MESSAGE, optional=True, group="change"
+    )
+    """
+    A configuration was rejected by a reload; the serving one stays.
+    """
+
+    state_file_corrupt: "StateFileCorrupt | None" = betterproto2.field(
+        13, betterproto2.TYPE_MESSAGE, optional=True, group="change"
+    )
+    """
+    The state file (`admin.state_file`) could not be read; it was renamed aside
+    and the sidecar started without the endpoints it kept.
     """
 
     @model_validator(mode="after")
@@ -1870,8 +2046,8 @@ class WatchStatusRequest(betterproto2.Message):
     )
     """
     Only endpoints and events of this cluster: its endpoints' changes, its panic
-    mode and its routes' fallbacks (config events are always sent). If not
-    specified, every cluster.
+    mode and its routes' fallbacks (config, lifecycle and state file events are
+    always sent). If not specified, every cluster.
     """
 
 
@@ -2133,6 +2309,22 @@ class AdminServiceStub:
             "/sidecar.admin.v1.AdminService/GetServerInfo",
             GetServerInfoRequest.SerializeToString,
             GetServerInfoResponse.FromString,
+        )(message)
+
+    def drain(self, message: "DrainRequest") -> "DrainResponse":
+        """
+        Starts the drain that SIGTERM starts, without exiting: /ready answers 503, the
+        listener stops accepting, idle keep-alive connections close, and requests in
+        flight get until the deadline to finish. The admin ports stay up, so the state
+        can be watched (GetServerInfo, WatchStatus); the process exits on SIGTERM.
+        Idempotent: a second call changes nothing and returns the first deadline.
+        Errors: INVALID_ARGUMENT (deadline not positive or over 1h).
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/Drain",
+            DrainRequest.SerializeToString,
+            DrainResponse.FromString,
         )(message)
 
 
