@@ -182,3 +182,49 @@ async def test_sidecarctl_operations(running: tuple[Sidecar, Path, api_grpc.Admi
     assert "state:" in out and "READY" in out and "log level: warning" in out
     code, out, err = await sidecarctl(*target, "-o", "json", "info")
     assert json.loads(out)["pid"] == os.getpid()
+
+
+async def test_twenty_reloads_under_load_fail_no_request(
+        running: tuple[Sidecar, Path, api_grpc.AdminServiceStub], start_upstream: Any,
+        client: Any) -> None:
+    """ReloadConfig while 8 clients send requests: every request succeeds, and the
+    breakers, pools and counters of the endpoints carry over (changed in place)."""
+    sidecar, path, stub = running
+    a, _ = await start_upstream(name="a")
+    b, _ = await start_upstream(name="b")
+    base = merge(LOOPBACK_ADDRESSES, {
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(a), "id": "a1"},
+                                                   {"url": url_of(b), "id": "b1"}]}],
+        "routes": [{"prefix": "/", "cluster": "app"}]})
+    path.write_text(json.dumps(base))
+    await stub.ReloadConfig(api.ReloadConfigRequest())
+    host = sidecar.registry.endpoint("app", "a1").host
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            async with client.get(base_url(sidecar) + "/x") as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+    workers = [asyncio.ensure_future(load()) for _ in range(8)]
+    try:
+        for i in range(20):  # each reload changes the version: a timeout and a route
+            changed = merge(base, {"cluster_defaults": {"timeout": 10 + i}})
+            changed["routes"] = [{"name": f"all{i}", "prefix": "/", "cluster": "app"}]
+            path.write_text(json.dumps(changed))
+            reloaded = await stub.ReloadConfig(api.ReloadConfigRequest())
+            assert reloaded.changed
+            before = len(statuses)
+            await asyncio.wait_for(_until(lambda: len(statuses) > before + 8), 10)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    assert len(statuses) > 160 and set(statuses) == {200}
+    assert sidecar.registry.endpoint("app", "a1").host is host  # runtime state kept
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0)  # yield to the clients; progress, not time, ends it
