@@ -216,8 +216,7 @@ async def test_twenty_reloads_under_load_fail_no_request(
             path.write_text(json.dumps(changed))
             reloaded = await stub.ReloadConfig(api.ReloadConfigRequest())
             assert reloaded.changed
-            before = len(statuses)
-            await asyncio.wait_for(_until(lambda: len(statuses) > before + 8), 10)
+            await asyncio.wait_for(_until(statuses, len(statuses) + 8), 10)
     finally:
         stop.set()
         await asyncio.gather(*workers)
@@ -225,6 +224,7 @@ async def test_twenty_reloads_under_load_fail_no_request(
     assert sidecar.registry.endpoint("app", "a1").host is host  # runtime state kept
 
 
-async def _until(predicate: Any) -> None:
-    while not predicate():
-        await asyncio.sleep(0)  # yield to the clients; progress, not time, ends it
+async def _until(statuses: list[int], count: int) -> None:
+    """Until `count` answers have come: progress, not time, ends the wait."""
+    while len(statuses) < count:
+        await asyncio.sleep(0)  # yield to the clients
