@@ -32,6 +32,7 @@ from sidecar.config.resilience import (
     LimitsConfig,
     RetryBudgetConfig,
     RetryConfig,
+    SecurityHeadersConfig,
 )
 from sidecar.config.types import NAME_PATTERN, Duration, Name, parse_duration
 from sidecar.config.types import FrozenModel as _Model
@@ -282,6 +283,9 @@ class RouteConfig(_Model):
     fallback: FallbackConfig | None = Field(
         None, description="What answers when the cluster cannot (default null: the error "
                           "itself).")
+    security_headers: SecurityHeadersConfig | None = Field(
+        None, description="Security headers set on this route's responses (default null: "
+                          "none; {} sets HSTS, nosniff, DENY and no-referrer).")
     max_request_body_bytes: int | None = Field(
         None, ge=0, le=1 << 50,
         description="Largest request body on this route; larger gets 413 (default null: "

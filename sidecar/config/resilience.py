@@ -32,6 +32,7 @@ __all__ = [
     "RetryBudgetConfig",
     "RetryConfig",
     "RetryOn",
+    "SecurityHeadersConfig",
     "StaticFallbackConfig",
     "parse_status_ranges",
 ]
@@ -284,3 +285,32 @@ class FallbackConfig(FrozenModel):
         if self.cache is None and self.cluster is None and self.static is None:
             raise ValueError("give at least one of cache, cluster, static")
         return self
+
+
+class SecurityHeadersConfig(FrozenModel):
+    """Security headers set on a route's responses (the upstream's own value of the same
+    header is replaced). Each field is the header's value, or null to leave it alone."""
+
+    hsts: str | None = Field("max-age=31536000; includeSubDomains",
+                             description="Strict-Transport-Security (default one year, "
+                                         "subdomains included).")
+    content_type_options: str | None = Field("nosniff", description="X-Content-Type-Options "
+                                                                    "(default nosniff).")
+    frame_options: str | None = Field("DENY", description="X-Frame-Options (default DENY).")
+    referrer_policy: str | None = Field("no-referrer", description="Referrer-Policy (default "
+                                                                   "no-referrer).")
+
+    @field_validator("hsts", "content_type_options", "frame_options", "referrer_policy")
+    @classmethod
+    def _check_value(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "\r\n\0")):
+            raise ValueError("a header value: not empty, no line break or NUL")
+        return value
+
+    def fields(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The (name, value) pairs to set, in a fixed order."""
+        pairs = (("Strict-Transport-Security", self.hsts),
+                 ("X-Content-Type-Options", self.content_type_options),
+                 ("X-Frame-Options", self.frame_options),
+                 ("Referrer-Policy", self.referrer_policy))
+        return tuple((n.encode(), v.encode("latin-1")) for n, v in pairs if v is not None)

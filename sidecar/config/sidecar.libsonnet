@@ -560,6 +560,23 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
       }),
     },
 
+  // securityHeaders(): security headers set on a route's responses (the
+  // upstream's own values replaced); each a header value, or null to leave it:
+  //   hsts                  'max-age=31536000; includeSubDomains'
+  //   content_type_options  'nosniff'
+  //   frame_options         'DENY'
+  //   referrer_policy       'no-referrer'
+  // Use as: sidecar.route('/', 'app') + { security_headers: sidecar.securityHeaders() }
+  securityHeaders(hsts='max-age=31536000; includeSubDomains',
+                  content_type_options='nosniff',
+                  frame_options='DENY',
+                  referrer_policy='no-referrer'):: {
+    hsts: hsts,
+    content_type_options: content_type_options,
+    frame_options: frame_options,
+    referrer_policy: referrer_policy,
+  },
+
   // route(prefix, cluster): requests whose path starts with `prefix` (longest
   // prefix wins) go to `cluster`.
   //   prefix          required  starts with '/'
@@ -577,6 +594,7 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
   //                             cannot
   //   max_request_body_bytes  null  larger bodies get 413; null: the listener's
   //   rate_limit      null      rateLimit(...): 429 over it; null: none
+  //   (security_headers: add with `+ { security_headers: securityHeaders() }`)
   route(prefix=error 'route: prefix is required',
         cluster=error 'route: cluster is required',
         methods=null,

@@ -144,6 +144,7 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
 def build_response_head(version: bytes, status: int, reason: bytes,
                         raw_headers: Sequence[tuple[bytes, bytes]], *, framing: bytes,
                         request_id: bytes, keep_content_length: bool = False,
+                        replace: frozenset[bytes] = frozenset(),
                         _owned: frozenset[bytes] = _RESPONSE_OWNED) -> bytes:
     """The downstream response head (status line to the blank line).
 
@@ -151,13 +152,15 @@ def build_response_head(version: bytes, status: int, reason: bytes,
     Content-Length / Transfer-Encoding / Connection lines the server decided on.
     `keep_content_length`: pass the upstream's Content-Length through unchanged
     (responses to HEAD, 304), where it describes a body that is not sent.
+    `replace`: lower-case names of upstream fields to drop because `framing` sets them
+    (a route's security headers).
     """
     lines = [b"HTTP/", version, b" %d " % status, reason or _REASONS.get(status, b"Unknown"),
              _CRLF]
     append = lines.append
     via: list[bytes] = []
     conn: list[bytes] = []
-    owned = _owned
+    owned = _owned | replace if replace else _owned
     for name, value in raw_headers:
         lname = name.lower()
         if lname in owned:
@@ -172,7 +175,7 @@ def build_response_head(version: bytes, status: int, reason: bytes,
         append(_SEP)
         append(value)
         append(_CRLF)
-    if conn and owned is _RESPONSE_OWNED and not _only_persistence(conn):
+    if conn and _owned is _RESPONSE_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:
             return build_response_head(

@@ -54,15 +54,22 @@ class Route:
     retry: RetryConfig | None = None
     retry_non_idempotent: bool = False
     fallback: FallbackConfig | None = None
+    #: Header lines set on the route's responses (security_headers), and their
+    #: lower-case names (the upstream's own values are dropped).
+    set_fields: bytes = b""
+    set_names: frozenset[bytes] = frozenset()
 
     @classmethod
     def from_config(cls, config: RouteConfig, order: int) -> Route:
         methods = frozenset(config.methods) if config.methods is not None else None
         if methods is not None and "GET" in methods:
             methods = methods | {"HEAD"}  # HEAD is GET without a body (RFC 9110 9.3.2)
+        pairs = config.security_headers.fields() if config.security_headers else ()
         return cls(config.route_name, config.prefix, config.host, methods, config.cluster,
                    config.prefix_rewrite, config.timeout, order, config.retry,
-                   config.retry_non_idempotent, config.fallback)
+                   config.retry_non_idempotent, config.fallback,
+                   b"".join(b"%s: %s\r\n" % pair for pair in pairs),
+                   frozenset(name.lower() for name, _ in pairs))
 
     def matches_path(self, path: str) -> bool:
         prefix = self.prefix

@@ -24,6 +24,7 @@ never passed off as complete.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -118,6 +119,18 @@ _FALLBACK_FIELDS = {kind: b"%s: %s\r\n" % fallback_header(kind)
                     for kind in (CACHE, CLUSTER, STATIC)}
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
+_NO_NAMES: frozenset[bytes] = frozenset()
+
+
+@functools.lru_cache(maxsize=256)
+def _field_names(lines: bytes) -> frozenset[bytes]:
+    """Lower-case names of the header lines the sidecar sets on a response (a route's
+    security headers, the fallback marker): the upstream's own values are dropped.
+    Few distinct values exist (routes x fallback kinds), so they are cached."""
+    return frozenset(line.split(b":", 1)[0].lower()
+                     for line in lines.split(b"\r\n") if line)
 
 
 class _Pending:
@@ -435,8 +448,10 @@ class Proxy:
         policy = state.retry_policy(route, members.settings)
         body = (await self._request_body(request, policy.config.retry_buffer_bytes)
                 if request.chunked or request.content_length else _NO_BODY)
+        extra = route.set_fields
         if route.fallback is None:
-            return await self._serve(request, match, members, policy, body, rid, version)
+            return await self._serve(request, match, members, policy, body, rid, version,
+                                     extra=extra)
         plan = state.fallback_plan(route)
         cache = self._cache(route)
         key = (route.name, request.host or "", match.target)
@@ -448,7 +463,7 @@ class Proxy:
         failure: ProxyError | None = None
         try:
             response = await self._serve(request, match, members, policy, body, rid, version,
-                                         gateway_fallback=True, store=store)
+                                         gateway_fallback=True, store=store, extra=extra)
             self._falling_back.discard(route.name)  # the cluster answers again
             return response
         except _GatewayAnswer as answer:  # the upstream's own 502/503/504, held back
@@ -466,7 +481,7 @@ class Proxy:
             return fallback
         if held is not None:
             return await self._respond_upstream(request, held.upstream, held.host, rid,
-                                                version, match.cluster)
+                                                version, match.cluster, extra=extra)
         assert failure is not None
         raise failure
 
@@ -486,14 +501,14 @@ class Proxy:
             if kind == CACHE:
                 entry = cache.lookup(key) if cache is not None else None
                 if entry is not None:
-                    response = self._fixed(request, entry.status, entry.headers, entry.body,
+                    response = self._fixed(request, route, entry.status, entry.headers, entry.body,
                                            CACHE, rid, version)
             elif kind == CLUSTER:
                 response = await self._serve_fallback_cluster(request, state, match, plan,
                                                               body, rid, version)
             elif plan.static is not None:
                 static = plan.static
-                response = self._fixed(request, static.status, static.headers, static.body,
+                response = self._fixed(request, route, static.status, static.headers, static.body,
                                        STATIC, rid, version)
             if response is not None:
                 self._fell_back(route.name, match.cluster, kind, reason)
@@ -510,7 +525,7 @@ class Proxy:
         try:
             return await self._serve(request, RouteMatch(match.route, other.name, match.target),
                                      other, policy, body, rid, version,
-                                     extra=_FALLBACK_FIELDS[CLUSTER])
+                                     extra=_FALLBACK_FIELDS[CLUSTER] + match.route.set_fields)
         except ProxyError:
             return None  # a fallback does not fall back again; the next kind may answer
 
@@ -523,15 +538,16 @@ class Proxy:
             self.registry.bus.publish(EventKind.FALLBACK_USED, route=route, cluster=cluster,
                                       fallback=kind, reason=reason)
 
-    def _fixed(self, request: Request, status: int, headers: tuple[tuple[bytes, bytes], ...],
-               body: bytes, kind: str, rid: bytes, version: bytes) -> ProxyResponse:
+    def _fixed(self, request: Request, route: Route, status: int,
+               headers: tuple[tuple[bytes, bytes], ...], body: bytes, kind: str, rid: bytes,
+               version: bytes) -> ProxyResponse:
         """A fallback answer the sidecar makes (cache or static), marked as one."""
         keep_alive = request.keep_alive
         no_body = request.method == "HEAD"
         framing = (b"Content-Length: %d\r\n" % len(body) + _FALLBACK_FIELDS[kind]
-                   + connection_field(keep_alive, version))
+                   + route.set_fields + connection_field(keep_alive, version))
         head = build_response_head(version, status, b"", headers, framing=framing,
-                                   request_id=rid)
+                                   request_id=rid, replace=route.set_names)
         return ProxyResponse(status, head, body=b"" if no_body else body,
                              keep_alive=keep_alive)
 
@@ -762,7 +778,8 @@ class Proxy:
         framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body)) + extra
                    + connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
-                                   framing=framing, request_id=rid, keep_content_length=no_body)
+                                   framing=framing, request_id=rid, keep_content_length=no_body,
+                                   replace=_field_names(extra) if extra else _NO_NAMES)
         return ProxyResponse(status, head, body=body, keep_alive=keep_alive)
 
     async def _respond(self, request: Request, upstream: UpstreamResponse, rid: bytes,
@@ -787,7 +804,8 @@ class Proxy:
                     else _CHUNKED if chunked else b"") + extra
                    + connection_field(keep_alive, version))
         head = build_response_head(version, status, upstream.reason, upstream.headers,
-                                   framing=framing, request_id=rid)
+                                   framing=framing, request_id=rid,
+                                   replace=_field_names(extra) if extra else _NO_NAMES)
         response = ProxyResponse(status, head, chunked=chunked, keep_alive=keep_alive)
         try:
             await request.start(response)
