@@ -119,6 +119,10 @@ class ListenerConfig(_Model):
         10_000, ge=1, le=1_000_000,
         description="Requests in flight across the listener; over it 503 overloaded with "
                     "Retry-After (default 10000).")
+    trace_sampled: bool = Field(
+        False, description="The sampled flag of a W3C traceparent the sidecar starts for "
+                           "a request that has none (default false: the application's "
+                           "tracer decides).")
     orchestrator_prefix: str | None = Field(
         "/orchestrator/",
         description="Earlier design's addressing: PREFIX{cluster}/{path} goes to that "

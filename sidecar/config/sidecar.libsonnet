@@ -172,6 +172,8 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
   //                                              as soon as they are accepted
   //   max_requests            10000              requests in flight; over it 503
   //                                              with Retry-After
+  //   trace_sampled           false              the sampled flag of a traceparent
+  //                                              the sidecar starts (none came)
   listener(address='127.0.0.1:8000',
            orchestrator_prefix='/orchestrator/',
            max_uri_bytes=8190,
@@ -183,7 +185,8 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
            request_body_timeout='30s',
            idle_timeout='75s',
            max_connections=10000,
-           max_requests=10000):: {
+           max_requests=10000,
+           trace_sampled=false):: {
     address: address,
     orchestrator_prefix: orchestrator_prefix,
     max_uri_bytes: max_uri_bytes,
@@ -196,6 +199,7 @@ local defaultFailures = ['connect_failure', 'reset', 'timeout', 'gateway_error']
     idle_timeout: idle_timeout,
     max_connections: max_connections,
     max_requests: max_requests,
+    trace_sampled: trace_sampled,
   },
 
   // admin(): the admin plane.

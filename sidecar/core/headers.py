@@ -33,6 +33,8 @@ __all__ = [
     "build_response_head",
     "connection_tokens",
     "new_request_id",
+    "new_traceparent",
+    "trace_id",
     "valid_request_id",
 ]
 
@@ -60,6 +62,30 @@ _SEP = b": "
 def new_request_id() -> bytes:
     """128 random bits as 32 hex digits. Not a secret, so a fast PRNG is fine."""
     return b"%032x" % _getrandbits(128)
+
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+
+
+def new_traceparent(sampled: bool) -> bytes:
+    """A W3C traceparent starting a trace: version 00, a random trace id and parent id,
+    and the sampled flag as configured (off by default: the application decides)."""
+    return b"00-%032x-%016x-%s" % (_getrandbits(128) or 1, _getrandbits(64) or 1,
+                                    b"01" if sampled else b"00")
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a valid W3C traceparent, else None (W3C Trace Context 3.2:
+    version ff and all-zero ids are invalid; a later version may append fields)."""
+    if traceparent is None:
+        return None
+    match = _TRACEPARENT.match(traceparent)
+    if match is None or match.group(1) == "ff" or (match.group(5) and match.group(1) == "00"):
+        return None
+    ident = match.group(2)
+    if ident == "0" * 32 or match.group(3) == "0" * 16:
+        return None
+    return ident
 
 
 def valid_request_id(value: str | None) -> bool:

@@ -86,7 +86,7 @@ _CRLF = b"\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 # Field names the listener looks at, by length (a cheap filter before lower()).
-_WATCHED_LENGTHS = frozenset({4, 6, 12, 17})
+_WATCHED_LENGTHS = frozenset({4, 6, 11, 12, 17})
 Handler = Callable[["Request"], Awaitable[ProxyResponse]]
 
 
@@ -106,6 +106,7 @@ class Request:
     """
 
     __slots__ = ("method", "raw_path", "version", "raw_headers", "host", "request_id",
+                 "traceparent", "added_fields",
                  "expect_continue", "content_length", "chunked", "keep_alive", "remote",
                  "complete", "max_body", "_conn", "_chunks", "_buffered", "_waiter",
                  "_error", "_discard", "_response", "_received", "_limit_set",
@@ -122,6 +123,10 @@ class Request:
         self.raw_headers = raw_headers
         self.host = host
         self.request_id = request_id
+        #: The client's W3C traceparent (None: absent); see `added_fields`.
+        self.traceparent: str | None = None
+        #: Header lines the proxy adds to the upstream request (a traceparent it starts).
+        self.added_fields = b""
         self.expect_continue = expect_continue
         self.content_length = content_length
         self.chunked = chunked
@@ -278,6 +283,7 @@ class _Connection(asyncio.Protocol):
         self._host: bytes | None = None
         self._hosts = 0
         self._request_id: bytes | None = None
+        self._traceparent: bytes | None = None
         self._expect = False
         self._content_length: int | None = None
         self._chunked = False
@@ -385,7 +391,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._host = self._request_id = None
+        self._host = self._request_id = self._traceparent = None
         self._hosts = 0
         self._expect = self._chunked = False
         self._content_length = None
@@ -417,6 +423,8 @@ class _Connection(asyncio.Protocol):
                 self._host = value
             elif lname == b"x-request-id":
                 self._request_id = value
+            elif lname == b"traceparent":
+                self._traceparent = value
             elif lname == b"expect":
                 self._expect = value.lower() == b"100-continue"
             elif lname == b"transfer-encoding":
@@ -441,6 +449,8 @@ class _Connection(asyncio.Protocol):
             host.decode("latin-1") if host is not None else None,
             rid.decode("latin-1") if rid is not None else None,
             self._expect, self._content_length, self._chunked, keep_alive, self._remote)
+        if self._traceparent is not None:
+            request.traceparent = self._traceparent.decode("latin-1")
         self._parsing = request
         self._new.append(request)
 

@@ -47,6 +47,8 @@ from sidecar.core.headers import (
     build_request_head,
     build_response_head,
     new_request_id,
+    new_traceparent,
+    trace_id,
     valid_request_id,
 )
 from sidecar.core.hosts import Host
@@ -89,7 +91,7 @@ from sidecar.errors import (
     UpstreamTimeout,
 )
 from sidecar.events import EventKind
-from sidecar.observe.logs import access_logger, request_id_var
+from sidecar.observe.logs import access_logger, request_id_var, trace_id_var
 from sidecar.observe.metrics import Metrics
 from sidecar.registry import ClusterMembers, Registry
 
@@ -253,6 +255,7 @@ class Proxy:
         self.metrics = metrics
         self.state = state
         self.access_log = state.config.logging.access_log
+        self.trace_sampled = state.config.listener.trace_sampled
         self._proto = proto
         self._clock_source: Clock = clock or SystemClock()
         #: Last good answers of routes with a cache fallback, by route name.
@@ -275,6 +278,7 @@ class Proxy:
         closed, and the endpoint's next request makes a new one."""
         self.state = state
         self.access_log = state.config.logging.access_log
+        self.trace_sampled = state.config.listener.trace_sampled
         limited = {name for name, route in state.route_configs.items()
                    if route.rate_limit is not None}
         for name in [name for name in self._limiters if name not in limited]:
@@ -316,6 +320,14 @@ class Proxy:
         request_id = (incoming_id if incoming_id is not None and valid_request_id(incoming_id)
                       else new_request_id().decode())
         request_id_var.set(request_id)  # for any log line written while handling it
+        # W3C trace context: the client's traceparent passes through unchanged; without
+        # one the sidecar starts a trace so that the application's tracer can join it.
+        traceparent = request.traceparent
+        if traceparent is None:
+            started = new_traceparent(self.trace_sampled)
+            request.added_fields = b"traceparent: " + started + b"\r\n"
+            traceparent = started.decode()
+        trace_id_var.set(trace_id(traceparent))
         version = request.version
         route_name = cluster_name = ""
         status = 500
@@ -728,7 +740,8 @@ class Proxy:
             host=(None if settings.preserve_host and request.host is not None
                   else host.address.authority.encode()),
             client=(request.remote or "").encode(), proto=self._proto,
-            request_id=rid, framing=framing, via_version=b"1." + version[2:])
+            request_id=rid, framing=framing + request.added_fields,
+            via_version=b"1." + version[2:])
 
     def _note_refusal(self, cluster: str, decision: RetryDecision, failure: str) -> None:
         """Count a retry the budget refused, by the failure it would have retried (the

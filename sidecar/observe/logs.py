@@ -23,13 +23,16 @@ import time
 from typing import Any, TextIO
 
 __all__ = ["LIBRARY_LEVEL_ENV", "OWN_LOGGERS", "JsonFormatter", "access_logger",
-           "request_id_var", "set_level", "setup_logging"]
+           "request_id_var", "set_level", "setup_logging", "trace_id_var"]
 
 OWN_LOGGERS = ("sidecar", "admin")  # take the configured level; everything else: WARNING
 LIBRARY_LEVEL_ENV = "SIDECAR_LIBRARY_LOG_LEVEL"
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None)
+#: The W3C trace id of the request being handled, logged beside the request id.
+trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "trace_id", default=None)
 access_logger = logging.getLogger("sidecar.access")
 
 # Attributes every LogRecord has; anything else came from `extra=` and is logged.
@@ -48,6 +51,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
+            trace = trace_id_var.get()
+            if trace is not None:
+                entry["trace_id"] = trace
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
