@@ -41,11 +41,14 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
-import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+if TYPE_CHECKING:
+    import jwt
+# PyJWT and cryptography (about 11 MiB of RSS) are imported only where a JWT is
+# configured or checked: see the `import jwt` inside the functions below.
 
 from sidecar.config.admin import AdminAuthConfig, AdminJwtConfig, AdminTokenConfig
 
@@ -243,6 +246,8 @@ class _StaticToken:
 
 
 def _pem_key(raw: bytes) -> Any:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     return load_pem_public_key(raw)
 
 
@@ -255,6 +260,8 @@ class _Jwk:
 
 def _jwks(raw: bytes) -> tuple[_Jwk, ...]:
     """The signing keys of a JSON Web Key Set (keys marked `"use": "enc"` are not)."""
+    import jwt
+
     try:
         document = json.loads(raw)
         entries = document["keys"]
@@ -282,6 +289,8 @@ class _JwtVerifier:
             self._jwks = _Watched(config.jwks_file, _jwks, "admin.auth.jwt.jwks_file")
 
     def _key_for(self, header: Mapping[str, Any]) -> Any:
+        import jwt
+
         if self._key is not None:
             key = self._key.get()
             if key is None:
@@ -307,6 +316,8 @@ class _JwtVerifier:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims; jwt.PyJWTError when the token is not valid."""
+        import jwt
+
         config = self._config
         header = jwt.get_unverified_header(token)
         claims: dict[str, Any] = jwt.decode(
@@ -392,6 +403,8 @@ class Authenticator:
         if static is not None:
             return Identity(static.name, static.role, "token", subject)
         if self._jwt is not None and token.count(".") == 2:
+            import jwt
+
             try:
                 claims = self._jwt.verify(token)
             except jwt.PyJWTError as exc:

@@ -38,8 +38,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import _jsonnet
-
+# The Jsonnet binding (`_jsonnet`) is imported by `_evaluate`, only when a .jsonnet
+# file is rendered: a sidecar run on JSON or on --upstream never loads it.
 from sidecar.config.model import SidecarConfig, config_version, parse_config
 from sidecar.errors import ConfigError, ConfigIssue
 
@@ -191,6 +191,8 @@ def _read_file(path: str, max_bytes: int) -> bytes:
 
 def _evaluate(path: str, text: str, ext_vars: Mapping[str, str], jpath: Sequence[str],
               limits: RenderLimits) -> str:
+    import _jsonnet
+
     importer = _Importer(path, jpath, limits.max_source_bytes)
     try:
         # evaluate_snippet with the file's own name behaves as evaluate_file
