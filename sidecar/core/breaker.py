@@ -67,6 +67,7 @@ from dataclasses import dataclass
 
 from sidecar.config.resilience import FAILURE_KINDS, CircuitBreakerConfig
 from sidecar.core.clock import Clock
+from sidecar.core.retry import classify_status  # the one mapping of answers to kinds
 
 __all__ = ["BreakerState", "CircuitBreaker", "Transition", "classify_status"]
 
@@ -124,15 +125,6 @@ _TRANSITIONS: dict[tuple[BreakerState, _Event], BreakerState] = {
     **{(state, _Event.ADMIN_RESET): _CLOSED for state in BreakerState},
     **{(state, _Event.DISABLED): _CLOSED for state in BreakerState},
 }
-
-
-def classify_status(status: int) -> str | None:
-    """The failure kind of an upstream answer: "gateway_error", "5xx", or None (not a failure)."""
-    if 502 <= status <= 504:
-        return "gateway_error"
-    if 500 <= status <= 599:
-        return "5xx"
-    return None
 
 
 def _run_reason(count: int, kind: str) -> str:

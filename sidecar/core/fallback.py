@@ -28,7 +28,7 @@ from typing import Final, Literal
 from sidecar.config.resilience import CacheFallbackConfig, FallbackConfig
 from sidecar.core.clock import Clock
 from sidecar.core.headers import HOP_BY_HOP
-from sidecar.core.retry import CONNECT_FAILURE, GATEWAY_ERROR
+from sidecar.core.retry import CONNECT_FAILURE, GATEWAY_ERROR, GATEWAY_STATUSES
 
 __all__ = [
     "CACHE",
@@ -74,7 +74,6 @@ OVERFLOW: Final = "overflow"
 #: Why a fallback may answer. connect_failure and gateway_error are the failure
 #: kinds of the last try (`sidecar.core.retry`).
 FALLBACK_REASONS = frozenset({NO_HEALTHY_ENDPOINT, OVERFLOW, CONNECT_FAILURE, GATEWAY_ERROR})
-_GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
 def should_fall_back(reason: str) -> bool:
@@ -92,7 +91,7 @@ def fallback_reason(kind: str | None, status: int | None) -> str | None:
     """
     if kind == CONNECT_FAILURE:
         return CONNECT_FAILURE
-    if status in _GATEWAY_STATUSES:
+    if status in GATEWAY_STATUSES:
         return GATEWAY_ERROR
     return None
 

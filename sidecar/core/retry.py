@@ -31,6 +31,7 @@ from sidecar.core.clock import Clock, SystemClock
 __all__ = [
     "CONNECT_FAILURE",
     "GATEWAY_ERROR",
+    "GATEWAY_STATUSES",
     "IDEMPOTENT_METHODS",
     "RESET",
     "RETRIABLE_STATUS_CODES",
@@ -63,7 +64,7 @@ RETRIABLE_STATUS_CODES: Final = "retriable_status_codes"
 #: detail, retried once for free (see `AttemptPlan`).
 STALE: Final = "stale"
 
-_GATEWAY_STATUSES = frozenset({502, 503, 504})
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 _SERVER_STATUSES = frozenset(range(500, 600))
 
 #: RFC 9110 9.2.2: sending one of these twice has the effect of sending it once.
@@ -72,7 +73,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 
 def classify_status(status: int) -> str | None:
     """The failure kind of an upstream answer: gateway_error (502-504), 5xx, or None."""
-    if status in _GATEWAY_STATUSES:
+    if status in GATEWAY_STATUSES:
         return GATEWAY_ERROR
     if 500 <= status <= 599:
         return SERVER_ERROR
@@ -309,7 +310,7 @@ class RetryPolicy:
             kinds.add(GATEWAY_ERROR)  # every gateway error is also a 5xx
             statuses |= _SERVER_STATUSES
         if GATEWAY_ERROR in retry_on:
-            statuses |= _GATEWAY_STATUSES
+            statuses |= GATEWAY_STATUSES
         if RETRIABLE_STATUS_CODES in retry_on:
             statuses.update(config.retriable_status_codes)
         # Disabled retries retry nothing, so `retries_status` needs no branch of its own.

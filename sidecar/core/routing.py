@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sidecar.config.model import RouteConfig
+from sidecar.config.model import RateLimitConfig, RouteConfig
 from sidecar.config.resilience import FallbackConfig, RetryConfig
 from sidecar.config.types import NAME_PATTERN
 from sidecar.errors import MethodNotAllowed, NoRoute, UnknownCluster
@@ -58,6 +58,10 @@ class Route:
     #: lower-case names (the upstream's own values are dropped).
     set_fields: bytes = b""
     set_names: frozenset[bytes] = frozenset()
+    #: The route's token bucket (None: no rate limit) and body limit (None: the
+    #: listener's).
+    rate_limit: RateLimitConfig | None = None
+    max_request_body_bytes: int | None = None
 
     @classmethod
     def from_config(cls, config: RouteConfig, order: int) -> Route:
@@ -69,7 +73,8 @@ class Route:
                    config.prefix_rewrite, config.timeout, order, config.retry,
                    config.retry_non_idempotent, config.fallback,
                    b"".join(b"%s: %s\r\n" % pair for pair in pairs),
-                   frozenset(name.lower() for name, _ in pairs))
+                   frozenset(name.lower() for name, _ in pairs), config.rate_limit,
+                   config.max_request_body_bytes)
 
     def matches_path(self, path: str) -> bool:
         prefix = self.prefix

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from sidecar.config.model import ClusterSettings, RateLimitConfig, RouteConfig, SidecarConfig
+from sidecar.config.model import ClusterSettings, RateLimitConfig, SidecarConfig
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.fallback import (
     CACHE,
@@ -57,6 +57,7 @@ from sidecar.core.ratelimit import RateLimiter
 from sidecar.core.retry import (
     CONNECT_FAILURE,
     GATEWAY_ERROR,
+    GATEWAY_STATUSES,
     IDEMPOTENT_METHODS,
     RESET,
     STALE,
@@ -109,7 +110,6 @@ _UPSTREAM_ERROR_KIND: dict[type[ProxyError], str] = {
 _ERROR_METRIC_KIND = {CONNECT_FAILURE: "connect", RESET: "reset", TIMEOUT: "timeout",
                       STALE: "stale"}
 _NO_BODY = RequestBody()
-_GATEWAY_STATUSES = frozenset({502, 503, 504})
 # Why a request may get its route's fallback (sidecar.core.fallback), by the error the
 # cluster ended with: it could not serve, or its last try failed to connect or ended
 # in a gateway error (502 for a reset or a malformed answer, 504 for a timeout).
@@ -177,8 +177,6 @@ class DataPlaneState:
     config: SidecarConfig
     routes: RouteTable
     rng: random.Random = field(default_factory=random.Random)
-    #: Each configured route's config, by route name (the orchestrator route has none).
-    route_configs: dict[str, RouteConfig] = field(default_factory=dict)
     _policies: dict[tuple[str, str], RetryPolicy] = field(default_factory=dict)
     _fallbacks: dict[str, FallbackPlan] = field(default_factory=dict)
 
@@ -187,8 +185,7 @@ class DataPlaneState:
         clusters = registry.clusters
         routes = RouteTable(config.routes, config.listener.orchestrator_prefix,
                             clusters.__contains__)
-        return cls(config, routes,
-                   route_configs={route.route_name: route for route in config.routes})
+        return cls(config, routes)
 
     def fallback_plan(self, route: Route) -> FallbackPlan:
         """The route's fallbacks in order (made once per route and configuration)."""
@@ -279,8 +276,7 @@ class Proxy:
         self.state = state
         self.access_log = state.config.logging.access_log
         self.trace_sampled = state.config.listener.trace_sampled
-        limited = {name for name, route in state.route_configs.items()
-                   if route.rate_limit is not None}
+        limited = {route.name for route in state.routes.routes if route.rate_limit is not None}
         for name in [name for name in self._limiters if name not in limited]:
             del self._limiters[name]
         for hook in self.state_hooks:
@@ -353,7 +349,7 @@ class Proxy:
             match = routes.match(_host_without_port(host) if routes.uses_host else "", method,
                                  target)
             route_name, cluster_name = match.route.name, match.cluster
-            self._route_limits(request, state.route_configs.get(route_name), state)
+            self._route_limits(request, match.route, state)
             response = await self._forward(request, state, match, request_id.encode(),
                                            version)
             status = getattr(response, "aborted_status", None) or response.status
@@ -377,29 +373,27 @@ class Proxy:
                     "duration_seconds": round(elapsed, 6), "route": route_name,
                     "cluster": cluster_name})
 
-    def _route_limits(self, request: Request, route: RouteConfig | None,
-                      state: DataPlaneState) -> None:
-        """The route's rate limit, then its body limit (raise 429 or 413); `route` is
-        None for the orchestrator route, which has the listener's body limit."""
-        rate = route.rate_limit if route is not None else None
+    def _route_limits(self, request: Request, route: Route, state: DataPlaneState) -> None:
+        """The route's rate limit, then its body limit (raise 429 or 413); the
+        orchestrator route has neither, so the listener's body limit applies."""
+        rate = route.rate_limit
         if rate is not None:
-            assert route is not None
-            entry = self._limiters.get(route.route_name)
+            entry = self._limiters.get(route.name)
             if entry is None:
                 limiter = RateLimiter(rate.requests_per_second, rate.bucket_size,
                                       rate.max_keys)
-                self._limiters[route.route_name] = (rate, limiter)
+                self._limiters[route.name] = (rate, limiter)
             else:
                 limiter = entry[1]
                 if entry[0] is not rate:  # a reload: keep the buckets, take the bounds
                     limiter.update_config(rate.requests_per_second, rate.bucket_size,
                                           rate.max_keys)
-                    self._limiters[route.route_name] = (rate, limiter)
+                    self._limiters[route.name] = (rate, limiter)
             decision = limiter.take(self._rate_key(request, rate.key), self._clock())
             if not decision.allowed:
                 raise RateLimited(decision.retry_after, decision.limit, decision.remaining,
                                   decision.reset)
-        limit = route.max_request_body_bytes if route is not None else None
+        limit = route.max_request_body_bytes
         if limit is None:
             limit = state.config.listener.max_request_body_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -596,7 +590,8 @@ class Proxy:
         if over is not None:
             self.metrics.overflow(cluster_name, over)
             raise Overflow(over)
-        hosts.budget.on_request(self._clock())
+        now = self._clock()
+        hosts.budget.on_request(now)
         settings = members.settings
         deadline = self._deadlines.add(match.route.timeout or settings.timeout)
         plan: AttemptPlan | None = None
@@ -606,7 +601,7 @@ class Proxy:
             exclude: tuple[Host, ...] = ()
             fresh = False
             while True:
-                host = hosts.pick(self._clock(), exclude)
+                host = hosts.pick(now, exclude)
                 if host is None:
                     raise NoHealthyEndpoint(hosts.retry_after())
                 head = self._request_head(request, match.target, host, settings, rid, version)
@@ -667,6 +662,7 @@ class Proxy:
                     exclude = cast(tuple[Host, ...], plan.tried)
                 if decision.delay > 0:
                     await asyncio.sleep(decision.delay)
+                now = self._clock()  # a retry: time has passed (the try, the backoff)
         except asyncio.CancelledError:
             # Our deadline, and nobody else's cancellation pending: a timeout.
             if deadline.expired and deadline.task.uncancel() == 0:
@@ -755,7 +751,7 @@ class Proxy:
                      store: Callable[[UpstreamResponse, bytes], None] | None,
                      extra: bytes) -> ProxyResponse:
         """The answer that stands: sent, unless a fallback may replace a gateway error."""
-        if gateway_fallback and upstream.status in _GATEWAY_STATUSES:
+        if gateway_fallback and upstream.status in GATEWAY_STATUSES:
             raise _GatewayAnswer(upstream, host)
         return await self._respond_upstream(request, upstream, host, rid, version,
                                             cluster_name, store, extra)
