@@ -1,7 +1,8 @@
 """The data-plane listener: HTTP/1.1 on asyncio.Protocol with llhttp (httptools).
 
 One `_Connection` per client connection parses requests with httptools'
-`HttpRequestParser` (llhttp, strict) and hands each one, as a `Request`, to the
+`HttpRequestParser` (llhttp, strict) and hands each one, as a `Request`
+(`sidecar.dataplane.request`, which owns its body buffer and the way back), to the
 handler (`Proxy.handle`), which returns a `ProxyResponse` whose head is already
 bytes. A complete response goes out in one `transport.write`.
 
@@ -46,16 +47,16 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import httptools
 
 from sidecar.core.headers import new_request_id
+from sidecar.dataplane.request import NO_BODY_STATUSES, Request
 from sidecar.dataplane.response import ProxyResponse, error_response
 from sidecar.errors import (
     BadRequest,
-    BodyTooLarge,
     HeadersTooLarge,
     InternalError,
     ProxyError,
@@ -76,14 +77,12 @@ BODY_LOW_WATER = 64 * 1024
 #: closing a socket with unread input sends a reset, which can destroy the answer in
 #: the client's receive buffer before the client reads it (nginx's lingering close).
 LINGER_SECONDS = 2.0
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 # A body longer than this is not copied behind its head: head and body go to the
 # transport as two buffers (uvloop sends them with one writev); a shorter one is
 # cheaper to copy than to send as a second buffer.
 _COPY_LIMIT = 16 * 1024
 _CRLF = b"\r\n"
-_NO_BODY_STATUSES = frozenset({204, 304})
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 # Field names the listener looks at, by length (a cheap filter before lower()).
 _WATCHED_LENGTHS = frozenset({4, 6, 11, 12, 17})
@@ -92,174 +91,6 @@ Handler = Callable[["Request"], Awaitable[ProxyResponse]]
 
 class _Stop(Exception):
     """Raised in a parser callback to stop llhttp; the reason is in `_Connection._error`."""
-
-
-class Request:
-    """One request as the listener parsed it: what the proxy reads, and the way back.
-
-    method, raw_path (the request target as sent, decoded UTF-8 with surrogateescape
-    so that encoding it back gives the same bytes), version (b"1.1" or b"1.0"),
-    raw_headers (name and value bytes, as received), host (the Host field or None),
-    request_id (X-Request-Id or None), content_length, chunked, keep_alive (the
-    connection may carry another request; False for upgrades and during a drain),
-    expect_continue, remote (the client's address).
-    """
-
-    __slots__ = ("method", "raw_path", "version", "raw_headers", "host", "request_id",
-                 "traceparent", "added_fields",
-                 "expect_continue", "content_length", "chunked", "keep_alive", "remote",
-                 "complete", "max_body", "_conn", "_chunks", "_buffered", "_waiter",
-                 "_error", "_discard", "_response", "_received", "_limit_set",
-                 "_last_read")
-
-    def __init__(self, conn: _Connection, method: str, raw_path: str, version: bytes,
-                 raw_headers: list[tuple[bytes, bytes]], host: str | None,
-                 request_id: str | None, expect_continue: bool,
-                 content_length: int | None, chunked: bool, keep_alive: bool,
-                 remote: str) -> None:
-        self.method = method
-        self.raw_path = raw_path
-        self.version = version
-        self.raw_headers = raw_headers
-        self.host = host
-        self.request_id = request_id
-        #: The client's W3C traceparent (None: absent); see `added_fields`.
-        self.traceparent: str | None = None
-        #: Header lines the proxy adds to the upstream request (a traceparent it starts).
-        self.added_fields = b""
-        self.expect_continue = expect_continue
-        self.content_length = content_length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
-        self.remote = remote
-        #: The whole body has been received (and parsed).
-        self.complete = False
-        #: Largest body accepted (`limit_body`); the listener's until the handler says.
-        self.max_body = conn.listener.max_request_body_bytes
-        self._received = 0  # body bytes received so far
-        self._limit_set = False  # max_body is final: enforce it as bytes arrive
-        self._last_read = conn.loop.time()  # when body bytes last arrived (or could)
-        self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self._discard = False  # answered: body bytes still arriving are dropped
-        self._response: ProxyResponse | None = None
-
-    # ------------------------------------------------------------ body, for the proxy
-
-    def limit_body(self, max_bytes: int) -> None:
-        """Set the largest body this request may have (a route's override); a body
-        already over it fails the next read with `BodyTooLarge`."""
-        self.max_body = max_bytes
-        self._check_limit()
-
-    def _check_limit(self) -> None:
-        self._limit_set = True
-        if self._error is None and (
-                self._received > self.max_body
-                or (self.content_length or 0) > self.max_body):
-            self._too_large()
-
-    def _too_large(self) -> None:
-        """Over `max_body`: drop what is buffered and what still arrives; the next read
-        raises, and the connection closes after the answer."""
-        self._discard = True
-        self._chunks.clear()
-        self._buffered = 0
-        self.keep_alive = False
-        self._fail(BodyTooLarge())
-        conn = self._conn
-        if conn.reading_paused:
-            conn.update_reading()
-
-    async def read(self) -> bytes:
-        """The whole body."""
-        if not self._limit_set:
-            self._check_limit()
-        while not self.complete:
-            await self._wait()
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._taken()
-        return data
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, in the pieces it arrives in."""
-        if not self._limit_set:
-            self._check_limit()
-        chunks = self._chunks
-        while True:
-            if chunks:
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._taken()
-                yield data
-            elif self.complete:
-                return
-            else:
-                await self._wait()
-
-    def send_continue(self) -> None:
-        """`100 Continue`, if the client asked for it and still waits (never to an
-        HTTP/1.0 client: RFC 9110 15.2)."""
-        if (self.expect_continue and self.version == b"1.1" and not self.complete
-                and self._response is None):
-            self.expect_continue = False
-            self._last_read = self._conn.loop.time()
-            transport = self._conn.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(_CONTINUE)
-
-    async def _wait(self) -> None:
-        if self._error is not None:
-            raise self._error
-        waiter = self._waiter = self._conn.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-        if self._error is not None:
-            raise self._error
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _taken(self) -> None:
-        self._buffered = 0
-        conn = self._conn
-        if conn.reading_paused:
-            conn.update_reading()
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._wake()
-
-    # ------------------------------------------------------------ response, for the proxy
-
-    async def start(self, response: ProxyResponse) -> None:
-        """Write the head of a response whose body follows in `write` calls."""
-        self._response = response
-        response.started = True
-        await self._conn.send(response.head)
-
-    async def write(self, data: bytes) -> None:
-        """A piece of a started response's body (framed as a chunk if chunked)."""
-        response = self._response
-        assert response is not None
-        if not data or self.method == "HEAD" or response.status in _NO_BODY_STATUSES:
-            return
-        if response.chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        await self._conn.send(data)
-
-    def abort(self) -> None:
-        """Cut the client connection: a started response cannot end honestly."""
-        self._conn.abort()
 
 
 class _Connection(asyncio.Protocol):
@@ -448,7 +279,8 @@ class _Connection(asyncio.Protocol):
             self._url.decode("utf-8", "surrogateescape"), version, self._headers,
             host.decode("latin-1") if host is not None else None,
             rid.decode("latin-1") if rid is not None else None,
-            self._expect, self._content_length, self._chunked, keep_alive, self._remote)
+            self._expect, self._content_length, self._chunked, keep_alive, self._remote,
+            self.listener.max_request_body_bytes)
         if self._traceparent is not None:
             request.traceparent = self._traceparent.decode("latin-1")
         self._parsing = request
@@ -531,12 +363,12 @@ class _Connection(asyncio.Protocol):
                 if response.aborted_status is not None:
                     return
                 if response.chunked and request.method != "HEAD" and (
-                        response.status not in _NO_BODY_STATUSES):
+                        response.status not in NO_BODY_STATUSES):
                     transport.write(_LAST_CHUNK)
             else:
                 body = response.body
                 if body and request.method != "HEAD" and (
-                        response.status not in _NO_BODY_STATUSES):
+                        response.status not in NO_BODY_STATUSES):
                     if len(body) > _COPY_LIMIT:
                         transport.writelines((response.head, body))  # uvloop: one writev
                     else:

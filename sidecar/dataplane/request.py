@@ -1,0 +1,211 @@
+"""A request as the listener hands it to the proxy: its head, its body, the way back.
+
+`Request` is what `sidecar.dataplane.listener` builds from llhttp's callbacks and what
+`Proxy.handle` reads. It owns the request body's buffer and its flow control (the
+proxy's reads wake on arrival; taking the bytes resumes reading from the client), the
+body-size limit as bytes arrive, `100 Continue`, and the response's way back to the
+client (`start`, `write`, `abort`). The connection it belongs to is a `Channel`: the
+listener's `_Connection`, which parses, schedules and writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from sidecar.dataplane.response import ProxyResponse
+from sidecar.errors import BodyTooLarge
+
+__all__ = ["NO_BODY_STATUSES", "Channel", "Request"]
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: Responses that never have a body, whatever their header says (RFC 9112 6.3).
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Channel(Protocol):
+    """What a `Request` needs of its client connection (the listener's `_Connection`)."""
+
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport | None
+    #: Reading from the client is paused (flow control, or a request waiting its turn).
+    reading_paused: bool
+
+    def update_reading(self) -> None:
+        """Pause or resume reading from the client, as the buffers now need."""
+
+    async def send(self, data: bytes) -> None:
+        """Write to the client, waiting while the transport's buffer is full."""
+
+    def abort(self) -> None:
+        """Cut the connection."""
+
+
+class Request:
+    """One request as the listener parsed it: what the proxy reads, and the way back.
+
+    method, raw_path (the request target as sent, decoded UTF-8 with surrogateescape
+    so that encoding it back gives the same bytes), version (b"1.1" or b"1.0"),
+    raw_headers (name and value bytes, as received), host (the Host field or None),
+    request_id (X-Request-Id or None), content_length, chunked, keep_alive (the
+    connection may carry another request; False for upgrades and during a drain),
+    expect_continue, remote (the client's address).
+    """
+
+    __slots__ = ("method", "raw_path", "version", "raw_headers", "host", "request_id",
+                 "traceparent", "added_fields",
+                 "expect_continue", "content_length", "chunked", "keep_alive", "remote",
+                 "complete", "max_body", "_conn", "_chunks", "_buffered", "_waiter",
+                 "_error", "_discard", "_response", "_received", "_limit_set",
+                 "_last_read")
+
+    def __init__(self, conn: Channel, method: str, raw_path: str, version: bytes,
+                 raw_headers: list[tuple[bytes, bytes]], host: str | None,
+                 request_id: str | None, expect_continue: bool,
+                 content_length: int | None, chunked: bool, keep_alive: bool,
+                 remote: str, max_body: int) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.version = version
+        self.raw_headers = raw_headers
+        self.host = host
+        self.request_id = request_id
+        #: The client's W3C traceparent (None: absent); see `added_fields`.
+        self.traceparent: str | None = None
+        #: Header lines the proxy adds to the upstream request (a traceparent it starts).
+        self.added_fields = b""
+        self.expect_continue = expect_continue
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.remote = remote
+        #: The whole body has been received (and parsed).
+        self.complete = False
+        #: Largest body accepted (`limit_body`); the listener's until the handler says.
+        self.max_body = max_body
+        self._received = 0  # body bytes received so far
+        self._limit_set = False  # max_body is final: enforce it as bytes arrive
+        self._last_read = conn.loop.time()  # when body bytes last arrived (or could)
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._discard = False  # answered: body bytes still arriving are dropped
+        self._response: ProxyResponse | None = None
+
+    # ------------------------------------------------------------ body, for the proxy
+
+    def limit_body(self, max_bytes: int) -> None:
+        """Set the largest body this request may have (a route's override); a body
+        already over it fails the next read with `BodyTooLarge`."""
+        self.max_body = max_bytes
+        self._check_limit()
+
+    def _check_limit(self) -> None:
+        self._limit_set = True
+        if self._error is None and (
+                self._received > self.max_body
+                or (self.content_length or 0) > self.max_body):
+            self._too_large()
+
+    def _too_large(self) -> None:
+        """Over `max_body`: drop what is buffered and what still arrives; the next read
+        raises, and the connection closes after the answer."""
+        self._discard = True
+        self._chunks.clear()
+        self._buffered = 0
+        self.keep_alive = False
+        self._fail(BodyTooLarge())
+        conn = self._conn
+        if conn.reading_paused:
+            conn.update_reading()
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        if not self._limit_set:
+            self._check_limit()
+        while not self.complete:
+            await self._wait()
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._taken()
+        return data
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in the pieces it arrives in."""
+        if not self._limit_set:
+            self._check_limit()
+        chunks = self._chunks
+        while True:
+            if chunks:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._taken()
+                yield data
+            elif self.complete:
+                return
+            else:
+                await self._wait()
+
+    def send_continue(self) -> None:
+        """`100 Continue`, if the client asked for it and still waits (never to an
+        HTTP/1.0 client: RFC 9110 15.2)."""
+        if (self.expect_continue and self.version == b"1.1" and not self.complete
+                and self._response is None):
+            self.expect_continue = False
+            self._last_read = self._conn.loop.time()
+            transport = self._conn.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(_CONTINUE)
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        waiter = self._waiter = self._conn.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _taken(self) -> None:
+        self._buffered = 0
+        conn = self._conn
+        if conn.reading_paused:
+            conn.update_reading()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    # ------------------------------------------------------------ response, for the proxy
+
+    async def start(self, response: ProxyResponse) -> None:
+        """Write the head of a response whose body follows in `write` calls."""
+        self._response = response
+        response.started = True
+        await self._conn.send(response.head)
+
+    async def write(self, data: bytes) -> None:
+        """A piece of a started response's body (framed as a chunk if chunked)."""
+        response = self._response
+        assert response is not None
+        if not data or self.method == "HEAD" or response.status in NO_BODY_STATUSES:
+            return
+        if response.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        await self._conn.send(data)
+
+    def abort(self) -> None:
+        """Cut the client connection: a started response cannot end honestly."""
+        self._conn.abort()
