@@ -106,6 +106,7 @@ REQUIRED_ROLES: Mapping[str, Role] = {
     "ResetBreaker": Role.ADMIN,
     "CheckEndpointHealth": Role.ADMIN,
     "GetServerInfo": Role.READ,
+    "GetStats": Role.READ,
     # Reads a file the sidecar can read, and its issues may quote it: admin only.
     "ValidateConfig": Role.ADMIN,
     "ReloadConfig": Role.ADMIN,

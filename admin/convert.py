@@ -53,6 +53,7 @@ from sidecar.errors import (
     NoRoute,
 )
 from sidecar.events import Event, EventKind
+from sidecar.observe.stats import DEFAULT_WINDOW, MAX_WINDOW, StatsReport, StatsRow
 from sidecar.registry import ClusterMembers, ConfigInfo, EndpointInfo, EndpointStatus
 
 from .ops import DrainStarted, NoConfigFile, ServerInfo
@@ -98,6 +99,10 @@ __all__ = [
     "server_info_to_proto",
     "LOG_LEVEL_NAMES",
     "SERVER_STATES",
+    "STATS_KINDS",
+    "StatsQuery",
+    "stats_request",
+    "stats_response",
     "loops_back",
     "observed",
     "page_size",
@@ -711,6 +716,66 @@ def server_info_to_proto(info: ServerInfo, config: ConfigInfo | None, level: str
     if config is not None:
         message.config.CopyFrom(config_info_to_proto(config))
     return message
+
+
+# ---------------------------------------------------------------- stats
+
+#: The API's StatsKind -> `Stats.query`'s kind ("" for every kind).
+STATS_KINDS: Mapping[int, str] = {
+    res.STATS_KIND_UNSPECIFIED: "",
+    res.STATS_KIND_ROUTE: "routes",
+    res.STATS_KIND_CLUSTER: "clusters",
+    res.STATS_KIND_ENDPOINT: "endpoints",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    """GetStats's request as `Stats.query` takes it."""
+
+    kind: str
+    window_seconds: float
+    cluster: str
+
+
+def stats_request(request: api.GetStatsRequest) -> StatsQuery:
+    """GetStats's (kind, window, cluster); the window defaults to 1m (also when 0)."""
+    kind = STATS_KINDS.get(request.kind)
+    if kind is None:
+        raise InvalidArgument(f"unknown kind {request.kind}: expected one of " + ", ".join(
+            res.StatsKind.Name(n) for n in STATS_KINDS))
+    seconds = DEFAULT_WINDOW
+    if request.HasField("window"):
+        given = request.window.seconds + request.window.nanos / 1e9
+        if given < 0 or given > MAX_WINDOW:
+            raise InvalidArgument(f"window must be between 0 and {MAX_WINDOW / 60:g}m, got "
+                                  f"{given:g}s")
+        if given > 0:
+            seconds = given
+    return StatsQuery(kind, seconds, request.cluster)
+
+
+def _stats_row(row: StatsRow) -> res.ResourceStats:
+    message = res.ResourceStats(name=row.name, cluster=row.cluster, requests=row.requests,
+                                successes=row.successes,
+                                requests_per_second=row.requests_per_second,
+                                retries=row.retries, breaker_trips=row.breaker_trips)
+    if row.success_rate is not None:
+        message.success_rate = row.success_rate
+    for field, seconds in (("latency_p50", row.p50), ("latency_p90", row.p90),
+                           ("latency_p99", row.p99)):
+        if seconds is not None:
+            getattr(message, field).CopyFrom(duration(seconds))
+    return message
+
+
+def stats_response(report: StatsReport, time: float) -> api.GetStatsResponse:
+    """A `Stats.query` report as GetStats answers it; `time`: when it was taken (Unix)."""
+    return api.GetStatsResponse(
+        window=duration(report.window), time=timestamp(time),
+        routes=[_stats_row(row) for row in report.routes],
+        clusters=[_stats_row(row) for row in report.clusters],
+        endpoints=[_stats_row(row) for row in report.endpoints])
 
 
 # ---------------------------------------------------------------- route resolution

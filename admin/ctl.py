@@ -15,7 +15,7 @@ client certificate is given. Credentials, each also from the environment:
 
 Command names, options, output and exit codes are a public interface:
 
-* 0 success (and Ctrl-C, i.e. SIGINT, during `watch`);
+* 0 success (and Ctrl-C, i.e. SIGINT, during `watch` and `stat --watch`);
 * 1 the sidecar answered with an error, printed as one line on stderr:
   `sidecarctl: NOT_FOUND: no endpoint 'x' in cluster 'y'`;
 * 2 usage error;
@@ -27,14 +27,22 @@ to connect (the stream itself has none: it runs until --count, Ctrl-C, or the
 sidecar ending it).
 
 `watch` stops on SIGINT by cancelling its call from a handler of its own, rather than
-by a KeyboardInterrupt raised wherever the main thread happens to be. Like CPython
+by a KeyboardInterrupt raised wherever the main thread happens to be; `stat --watch`
+likewise stops at its next refresh (it waits between refreshes, or for the call in
+flight, bounded by --timeout). Like CPython
 itself, it leaves SIGINT alone when the process started with it ignored (a background
 job of a non-interactive shell): such a job is not meant to stop on the terminal's
 Ctrl-C.
 
 `-o text` (default) prints aligned tables for people; `-o json` prints proto JSON
 (betterproto2's `to_dict`) for scripts: one document, or one line per message for
-`watch`.
+`watch` and `stat --watch`.
+
+`stat [routes|clusters|endpoints]` prints GetStats as `linkerd viz stat` does: one
+row per resource over a window (`-w`, default 1m), success rate, requests a second,
+latency quantiles in milliseconds, requests, retries and breaker trips. `--watch`
+redraws it every --interval seconds: in place on a terminal (ANSI clear screen),
+otherwise as successive tables separated by a blank line.
 """
 
 from __future__ import annotations
@@ -74,6 +82,8 @@ with warnings.catch_warnings():
         GetConfigRequest,
         GetEndpointRequest,
         GetServerInfoRequest,
+        GetStatsRequest,
+        GetStatsResponse,
         HealthCheckResult,
         HealthStatus,
         ListEndpointsRequest,
@@ -83,8 +93,10 @@ with warnings.catch_warnings():
         ReloadConfigRequest,
         ResetBreakerRequest,
         ResolveRouteRequest,
+        ResourceStats,
         ServerState,
         SetLogLevelRequest,
+        StatsKind,
         StatusEvent,
         StatusSnapshot,
         TripBreakerRequest,
@@ -319,6 +331,20 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--host", default="",
                          help="Host header (default none: only routes without a host match)")
     resolve.add_argument("path", metavar="PATH", help="request path, e.g. /users/42?x=1")
+
+    stat = sub.add_parser("stat", parents=[common],
+                          help="request statistics per route, cluster or endpoint over a "
+                               "recent window (like linkerd viz stat)")
+    stat.add_argument("kind", nargs="?", choices=tuple(_STAT_KINDS), default="routes",
+                      help="what to list (default routes)")
+    stat.add_argument("-w", "--window", type=_duration, default=60.0, metavar="D",
+                      help="how far back, up to 10m, rounded up to 10 s: 10s, 1m, 90s, 10m "
+                           "(default 1m)")
+    stat.add_argument("--cluster", default="", help="only this cluster")
+    stat.add_argument("--watch", action="store_true",
+                      help="refresh every --interval seconds until Ctrl-C")
+    stat.add_argument("--interval", type=_positive_float, default=2.0, metavar="SECONDS",
+                      help="seconds between refreshes with --watch (default 2)")
     return parser
 
 
@@ -466,6 +492,42 @@ def _breaker_row(e: Endpoint) -> list[str]:
 
 
 _CANDIDATE_COLUMNS = ("ID", "URL", "WEIGHT", "USABLE", "BREAKER", "HEALTH", "ACTIVE", "REASON")
+
+#: `stat KIND` -> the API's kind, and the first column's name.
+_STAT_KINDS = {"routes": (StatsKind.ROUTE, "ROUTE"), "clusters": (StatsKind.CLUSTER, "CLUSTER"),
+               "endpoints": (StatsKind.ENDPOINT, "ENDPOINT")}
+_STAT_COLUMNS = ("SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P90", "LATENCY_P99", "REQUESTS",
+                 "RETRIES")
+_CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def _ms(value: datetime.timedelta | None) -> str:
+    if value is None:
+        return "-"
+    ms = value.total_seconds() * 1000
+    return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
+
+
+def _stat_table(kind: str, rows: Sequence[ResourceStats]) -> list[str]:
+    """GetStats rows as `linkerd viz stat` shows them."""
+    first = _STAT_KINDS[kind][1]
+    clusters = kind == "clusters"  # the name is the cluster: no second column
+    trips = kind != "routes"  # a route has no breaker
+    headers = [first, *([] if clusters else ["CLUSTER"]), *_STAT_COLUMNS,
+               *(["TRIPS"] if trips else [])]
+    lines = []
+    for r in rows:
+        success = f"{r.success_rate * 100:.2f}%" if r.success_rate is not None else "-"
+        lines.append([r.name, *([] if clusters else [r.cluster]), success,
+                      f"{r.requests_per_second:.1f}", _ms(r.latency_p50), _ms(r.latency_p90),
+                      _ms(r.latency_p99), str(r.requests), str(r.retries),
+                      *([str(r.breaker_trips)] if trips else [])])
+    return _table(headers, lines)
+
+
+def _window_text(value: datetime.timedelta | None) -> str:
+    seconds = round(value.total_seconds()) if value is not None else 0
+    return f"{seconds // 60}m" if seconds % 60 == 0 and seconds else f"{seconds}s"
 
 
 # ---------------------------------------------------------------- commands
@@ -822,7 +884,81 @@ class _Ctl:
         return EXIT_OK
 
 
+    # ---- stat
+
+    def stat(self) -> int:
+        """One table; with --watch, one per --interval until Ctrl-C (exit 0)."""
+        args = self.args
+        request = GetStatsRequest(kind=_STAT_KINDS[args.kind][0],
+                                  window=datetime.timedelta(seconds=args.window),
+                                  cluster=args.cluster)
+        if not args.watch:
+            self._stat_show(self.stub.get_stats(request), first=True)
+            return EXIT_OK
+        stop = _StopOnSigint()
+        with stop:
+            first = True
+            while not stop.stopped.is_set():
+                response = self.stub.get_stats(request)
+                if stop.stopped.is_set():
+                    break
+                self._stat_show(response, first=first)
+                first = False
+                stop.stopped.wait(args.interval)
+        return EXIT_OK
+
+    def _stat_show(self, response: GetStatsResponse, *, first: bool) -> None:
+        if self.json:
+            self.emit_json(response.to_dict(include_default_values=True),
+                           compact=self.args.watch)
+            return
+        rows = {"routes": response.routes, "clusters": response.clusters,
+                "endpoints": response.endpoints}[self.args.kind]
+        lines = _stat_table(self.args.kind, rows)
+        if self.args.watch:
+            # A caption: what the figures cover and when, so a redraw shows it moved.
+            caption = (f"{self.args.kind} over the last {_window_text(response.window)} at "
+                       f"{_time(response.time)} (Ctrl-C to stop)")
+            if self.out.isatty():
+                self.out.write(_CLEAR_SCREEN)
+            elif not first:
+                lines = ["", caption, *lines]
+                caption = ""
+            if caption:
+                lines = [caption, *lines]
+        self.emit(lines)
+
+
 _WATCH_STATUS = "/sidecar.admin.v1.AdminService/WatchStatus"
+
+
+class _StopOnSigint:
+    """While entered: SIGINT sets `stopped` (a loop checks it between steps).
+
+    Like `_CancelOnSigint`: main thread only, and an ignored SIGINT stays ignored."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.stopped.set()
+
+    def __enter__(self) -> _StopOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None
+                          else signal.default_int_handler)
+            self._installed = False
 
 
 class _CancelOnSigint:
@@ -908,6 +1044,7 @@ _COMMANDS: dict[tuple[str, str | None], Callable[[_Ctl], int]] = {
     ("log-level", None): _Ctl.log_level,
     ("info", None): _Ctl.info,
     ("drain", None): _Ctl.drain,
+    ("stat", None): _Ctl.stat,
 }
 
 

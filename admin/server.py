@@ -38,6 +38,7 @@ from sidecar.config.model import SidecarConfig
 from sidecar.core.addresses import parse_host_port
 from sidecar.core.clock import Clock
 from sidecar.events import Event, EventKind
+from sidecar.observe.stats import Stats
 from sidecar.registry import Registry
 
 from .audit import AuditLog
@@ -76,8 +77,8 @@ class AdminServer:
         server_credentials: credentials built elsewhere (instead of `tls`).
         max_watch_queue: events buffered per slow WatchStatus client before it
             gets a fresh snapshot instead.
-        check_health, resolve, clock: see `AdminService` (CheckEndpointHealth,
-            ResolveRoute, and the clock that turns breaker times into wall time).
+        check_health, resolve, clock, stats: see `AdminService` (CheckEndpointHealth,
+            ResolveRoute, the clock that turns breaker times into wall time, GetStats).
 
     Raises OSError (`auth.AuthSetupError`) when a configured secret or TLS file
     cannot be used.
@@ -93,7 +94,7 @@ class AdminServer:
                  server_credentials: grpc.ServerCredentials | None = None,
                  max_watch_queue: int = DEFAULT_MAX_QUEUE,
                  check_health: CheckHealth | None = None, resolve: Resolve | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, stats: Stats | None = None) -> None:
         if tls is not None and server_credentials is not None:
             raise ValueError("give tls or server_credentials, not both")
         self._registry = registry
@@ -110,7 +111,8 @@ class AdminServer:
                                   max_watchers=max_watchers)
         self.service = AdminService(registry, config_json, watch_hub=self.watch_hub,
                                     check_health=check_health, resolve=resolve, clock=clock,
-                                    own_addresses=own_addresses, operations=operations)
+                                    own_addresses=own_addresses, operations=operations,
+                                    stats=stats)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._port: int | None = None

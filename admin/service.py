@@ -23,6 +23,7 @@ from sidecar.admin.v1 import resources_pb2 as res
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.errors import EndpointNotFound, InvalidEndpoint
 from sidecar.events import Event
+from sidecar.observe.stats import Stats
 from sidecar.registry import Endpoint, EndpointInfo, Registry
 
 from . import convert
@@ -75,14 +76,17 @@ class AdminService(api_grpc.AdminServiceServicer):
             admin ports); registering an endpoint at one of them is refused (a loop).
         operations: validation, reload and lifecycle of the sidecar (ValidateConfig,
             ReloadConfig, GetServerInfo, Drain); None answers FAILED_PRECONDITION.
+        stats: the rolling request statistics (GetStats); None answers
+            FAILED_PRECONDITION.
     """
 
     def __init__(self, registry: Registry, config_json: Callable[[], str], *,
                  watch_hub: WatchHub | None = None, check_health: CheckHealth | None = None,
                  resolve: convert.Resolve | None = None, clock: Clock | None = None,
                  own_addresses: Callable[[], Sequence[tuple[str, int]]] | None = None,
-                 operations: Operations | None = None) -> None:
+                 operations: Operations | None = None, stats: Stats | None = None) -> None:
         self._registry = registry
+        self._stats = stats
         self._operations = operations
         self.log_level = LogLevelTimer()
         self._own_addresses = own_addresses
@@ -302,3 +306,14 @@ class AdminService(api_grpc.AdminServiceServicer):
                     context: grpc.aio.ServicerContext) -> api.DrainResponse:
         deadline = convert.drain_deadline(request)
         return convert.drain_to_proto(self._ops().drain(deadline))
+
+    # ------------------------------------------------------------ stats
+
+    @_translate_errors
+    async def GetStats(self, request: api.GetStatsRequest,
+                       context: grpc.aio.ServicerContext) -> api.GetStatsResponse:
+        query = convert.stats_request(request)
+        if self._stats is None:
+            raise convert.NotConfigured("request statistics are not available in this sidecar")
+        report = self._stats.query(query.kind, query.window_seconds, query.cluster)
+        return convert.stats_response(report, self._clock.wall())

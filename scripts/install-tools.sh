@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests use, once: Debian's jsonnet (the stock CLI
-# that CI renders configs with) and promtool (package prometheus). Idempotent.
+# that CI renders configs with), promtool (package prometheus), and chromium with
+# chromium-driver (the status page's browser tests drive them through selenium).
+# Idempotent. The tests skip the browser, saying so, only where it cannot be installed.
 set -euo pipefail
 missing=()
 command -v jsonnet >/dev/null 2>&1 || missing+=(jsonnet)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-[ ${#missing[@]} -eq 0 ] && exit 0
+browser=()
+command -v chromium >/dev/null 2>&1 || browser+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || browser+=(chromium-driver)
+[ ${#missing[@]} -eq 0 ] && [ ${#browser[@]} -eq 0 ] && exit 0
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "install-tools: need root (or sudo) to apt-get install ${missing[*]}" >&2; exit 1
+    echo "install-tools: need root (or sudo) to apt-get install ${missing[*]} ${browser[*]}" >&2
+    [ ${#missing[@]} -eq 0 ] && exit 0  # only the browser: its tests will skip
+    exit 1
   fi
 fi
-echo "install-tools: apt-get install ${missing[*]}" >&2
+install() {
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+echo "install-tools: apt-get install ${missing[*]} ${browser[*]}" >&2
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+[ ${#missing[@]} -eq 0 ] || install "${missing[@]}"
+if [ ${#browser[@]} -gt 0 ] && ! install "${browser[@]}"; then
+  echo "install-tools: could not install ${browser[*]}: the browser tests will be skipped" >&2
+fi

@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from admin.http import make_admin_app
+from admin.recent import RecentEvents
 from sidecar.config.model import SidecarConfig, config_version
 from sidecar.core.addresses import parse_host_port
 from sidecar.core.routing import RouteMatch
@@ -42,6 +43,7 @@ from sidecar.errors import ConfigError
 from sidecar.events import Event, EventKind
 from sidecar.observe.logs import set_level
 from sidecar.observe.metrics import Metrics
+from sidecar.observe.stats import Stats
 from sidecar.registry import ConfigInfo, Registry
 from sidecar.reload import ConfigSource, Reloader, load_stage
 
@@ -59,8 +61,12 @@ class Sidecar:
     def __init__(self, source: ConfigSource, config: SidecarConfig) -> None:
         self.source = source
         self.config = config
-        self.metrics = Metrics()
         self.registry = Registry(state_file=config.admin.state_file)
+        #: The last events on the bus, from the first: the status page shows them.
+        self.recent_events = RecentEvents(self.registry.bus)
+        #: Rolling request statistics (GetStats, the status page, `sidecarctl stat`).
+        self.stats = Stats(routes=self._route_pairs, endpoints=self._endpoint_ids)
+        self.metrics = Metrics(self.stats)
         self.metrics.registry = self.registry
         #: Active health checks; follows registrations and reloads through the bus.
         self.checker = HealthChecker(self.registry)
@@ -88,6 +94,7 @@ class Sidecar:
 
         config = self.config
         self.registry.bus.subscribe(self._count_event)
+        self.registry.bus.subscribe(self.stats.on_event)
         self.registry.apply_config(config, self._info(config, config_version(config)))
         restored = self.registry.load_state()
         if restored:
@@ -98,21 +105,29 @@ class Sidecar:
         loop = asyncio.get_running_loop()
 
         admin = config.admin
+        from admin.ops import SidecarOperations
+        from admin.status import StatusPage
+
+        # One Operations for the status page and the API: the same start time in both.
+        operations = SidecarOperations(self)
+        #: The status page on the admin HTTP port (admin/status.py).
+        self.status_page = StatusPage.for_sidecar(self, operations, self.recent_events)
         self._admin_runner = web.AppRunner(make_admin_app(self.metrics, self.readiness,
-                                                          lambda: self.state),
-                                           access_log=None)
+                                                          lambda: self.state, self.status_page),
+                                           # A browser that closes the status page ends
+                                           # its /events stream (and frees its slot) now.
+                                           access_log=None, handler_cancellation=True)
         await self._admin_runner.setup()
         http = parse_host_port(admin.http_address, allow_zero_port=True)
         site = web.TCPSite(self._admin_runner, http.host, http.port, reuse_address=True)
         await site.start()
         self.ports["admin_http"] = bound_port(site._server)
 
-        from admin.ops import SidecarOperations
         from admin.server import AdminServer, own_addresses
 
         self._admin_grpc = AdminServer.from_config(
             admin, self.registry, self.config_json, check_health=self.checker.check_now,
-            resolve=self._resolve_route, operations=SidecarOperations(self),
+            resolve=self._resolve_route, operations=operations, stats=self.stats,
             own_addresses=lambda: own_addresses(self.config, self.ports))
         self.ports["admin_grpc"] = await self._admin_grpc.start(admin.grpc_address)
 
@@ -205,6 +220,16 @@ class Sidecar:
         if event.kind is EventKind.BREAKER_CHANGED and event.breaker is not None:
             cluster = event.endpoint.cluster if event.endpoint is not None else ""
             self.metrics.breaker_transition(cluster, event.breaker.state.name.lower())
+
+    def _route_pairs(self) -> list[tuple[str, str]]:
+        """The serving routes' (name, cluster), for the stats (none before start)."""
+        if self.proxy is None:
+            return []
+        return [(route.name, route.cluster) for route in self.proxy.state.routes.routes]
+
+    def _endpoint_ids(self) -> dict[str, list[str]]:
+        """The registry's clusters and their endpoint ids, for the stats."""
+        return {name: list(members.endpoints) for name, members in self.registry.clusters.items()}
 
     def _resolve_route(self, method: str, host: str, path: str) -> RouteMatch:
         """ResolveRoute's question, answered by the serving route table."""

@@ -364,8 +364,11 @@ class Proxy:
             raise
         finally:
             metrics.active_requests -= 1
-            elapsed = self._clock() - start
-            metrics.stats(route_name, cluster_name).observe(status, elapsed)
+            end = self._clock()
+            elapsed = end - start
+            stats = metrics.stats(route_name, cluster_name)
+            stats.observe(status, elapsed)
+            stats.rolling.record(end, status < 500, elapsed)  # GetStats
             if self.access_log:
                 access_logger.info("request", extra={
                     "request_id": request_id, "client": request.remote,
@@ -628,9 +631,11 @@ class Proxy:
                             hosts.on_failure(host, failure)
                         else:
                             hosts.on_success(host)
+                        self._attempted(host, now, failure)
                         return await self._final(request, upstream, host, rid, version,
                                                  cluster_name, gateway_fallback, store, extra)
                     hosts.on_failure(host, failure)
+                    self._attempted(host, now, failure)
                     if plan is None:
                         plan = policy.plan(method, hosts.budget)
                     decision = plan.decide(None, status, sent=True, body=body.state,
@@ -642,8 +647,10 @@ class Proxy:
                     upstream.abort()  # a retriable failure: its body is not wanted
                 else:
                     if kind != STALE:
-                        hosts.on_failure(host, TIMEOUT if kind == TIMEOUT else
-                                         CONNECT_FAILURE if kind == CONNECT_FAILURE else RESET)
+                        failure = (TIMEOUT if kind == TIMEOUT else
+                                   CONNECT_FAILURE if kind == CONNECT_FAILURE else RESET)
+                        hosts.on_failure(host, failure)
+                        self._attempted(host, now, failure)
                     else:
                         hosts.release(host)
                     assert kind is not None
@@ -658,6 +665,9 @@ class Proxy:
                         raise error
                 self.metrics.retry(cluster_name, decision.reason)
                 fresh = decision.reason == STALE
+                if not fresh:  # a stale connection's free replay is no retry in GetStats
+                    self.metrics.rolling.retry(match.route.name, cluster_name, host.id,
+                                               self._clock())
                 if not fresh:
                     exclude = cast(tuple[Host, ...], plan.tried)
                 if decision.delay > 0:
@@ -674,6 +684,14 @@ class Proxy:
             if plan is not None:
                 plan.finish()
             limits.done()
+
+    def _attempted(self, host: Host, started: float, failure: str | None) -> None:
+        """An attempt to `host` that started at `started` ended (its head came, or it
+        failed as `failure`): count it in the endpoint's rolling stats (GetStats), as
+        the breaker judged it."""
+        end = self._clock()
+        self.metrics.rolling.attempt(host.cluster, host.id, end, end - started,
+                                     failure is None or not host.breaker.is_failure(failure))
 
     async def _attempt(self, host: Host, members: ClusterMembers, head: bytes,
                        body: bytes | AsyncIterator[bytes] | None, request: Request,

@@ -1,1 +1,2 @@
-"""What operators look at: Prometheus metrics (a collector) and structured JSON logs."""
+"""What operators look at: Prometheus metrics (a collector), structured JSON logs, and
+rolling request statistics over the last 10 minutes (GetStats: `stats`, `window`)."""

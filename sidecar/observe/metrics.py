@@ -56,6 +56,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .stats import Stats
+from .window import Window
+
 if TYPE_CHECKING:
     from sidecar.registry import Registry
 
@@ -70,14 +73,17 @@ CONFIG_FAILURE_REASONS = ("io", "render", "validate")
 
 
 class RequestStats:
-    """Counters of one (route, cluster) pair."""
+    """Counters of one (route, cluster) pair, and its rolling window (GetStats)."""
 
-    __slots__ = ("codes", "buckets", "total_seconds")
+    __slots__ = ("codes", "buckets", "total_seconds", "rolling")
 
-    def __init__(self) -> None:
+    def __init__(self, rolling: Window | None = None) -> None:
         self.codes = [0] * 6  # index status // 100; 0 unused
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # last one is +Inf
         self.total_seconds = 0.0
+        #: The pair's window in `Metrics.rolling`, kept here so that the data path
+        #: reaches it with the lookup it makes anyway (`Metrics.stats`).
+        self.rolling = rolling if rolling is not None else Window()
 
     def observe(self, status: int, seconds: float) -> None:
         self.codes[status // 100 if 100 <= status < 600 else 5] += 1
@@ -104,8 +110,10 @@ class CheckCounters(Protocol):
 class Metrics(Collector):
     """All of the sidecar's metrics; register it in a CollectorRegistry to expose them."""
 
-    def __init__(self) -> None:
+    def __init__(self, rolling: Stats | None = None) -> None:
         self._stats: dict[tuple[str, str], RequestStats] = {}
+        #: The rolling windows behind GetStats (`sidecar.observe.stats`).
+        self.rolling = rolling if rolling is not None else Stats()
         self.active_requests = 0
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.retries: dict[tuple[str, str], int] = {}
@@ -124,7 +132,7 @@ class Metrics(Collector):
         key = (route, cluster)
         stats = self._stats.get(key)
         if stats is None:
-            stats = self._stats[key] = RequestStats()
+            stats = self._stats[key] = RequestStats(self.rolling.pair(route, cluster))
         return stats
 
     def upstream_error(self, cluster: str, kind: str) -> None:

@@ -89,6 +89,7 @@ CALLS: dict[str, Any] = {
     "SetLogLevel": api.SetLogLevelRequest(),  # no level: INVALID_ARGUMENT, after auth
     "GetServerInfo": api.GetServerInfoRequest(),
     "Drain": api.DrainRequest(),
+    "GetStats": api.GetStatsRequest(),
 }
 
 

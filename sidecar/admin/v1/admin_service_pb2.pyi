@@ -297,3 +297,27 @@ class DrainResponse(_message.Message):
     started: bool
     deadline_time: _timestamp_pb2.Timestamp
     def __init__(self, state: _Optional[_Union[_resources_pb2.ServerState, str]] = ..., started: _Optional[bool] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ("kind", "window", "cluster")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    kind: _resources_pb2.StatsKind
+    window: _duration_pb2.Duration
+    cluster: str
+    def __init__(self, kind: _Optional[_Union[_resources_pb2.StatsKind, str]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cluster: _Optional[str] = ...) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("window", "time", "routes", "clusters", "endpoints")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    window: _duration_pb2.Duration
+    time: _timestamp_pb2.Timestamp
+    routes: _containers.RepeatedCompositeFieldContainer[_resources_pb2.ResourceStats]
+    clusters: _containers.RepeatedCompositeFieldContainer[_resources_pb2.ResourceStats]
+    endpoints: _containers.RepeatedCompositeFieldContainer[_resources_pb2.ResourceStats]
+    def __init__(self, window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., routes: _Optional[_Iterable[_Union[_resources_pb2.ResourceStats, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[_resources_pb2.ResourceStats, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[_resources_pb2.ResourceStats, _Mapping]]] = ...) -> None: ...

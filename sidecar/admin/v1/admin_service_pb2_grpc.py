@@ -117,6 +117,11 @@ class AdminServiceStub:
                 request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainRequest.SerializeToString,
                 response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/sidecar.admin.v1.AdminService/GetStats',
+                request_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -276,6 +281,17 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStats(self, request, context):
+        """Returns request statistics over a recent window, per route, cluster and
+        endpoint: requests, success rate, rate, latency quantiles, retries and breaker
+        trips. They come from bounded in-process rolling counters (10 s slots over the
+        last 10 minutes), so memory does not grow with time. Errors: INVALID_ARGUMENT
+        (window negative or over 10m, unknown kind).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -358,6 +374,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainRequest.FromString,
                     response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetStatsRequest.FromString,
+                    response_serializer=sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -795,6 +816,33 @@ class AdminService:
             '/sidecar.admin.v1.AdminService/Drain',
             sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainRequest.SerializeToString,
             sidecar_dot_admin_dot_v1_dot_admin__service__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.admin.v1.AdminService/GetStats',
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetStatsRequest.SerializeToString,
+            sidecar_dot_admin_dot_v1_dot_admin__service__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,13 @@ class FallbackKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_KIND_CACHE: _ClassVar[FallbackKind]
     FALLBACK_KIND_CLUSTER: _ClassVar[FallbackKind]
     FALLBACK_KIND_STATIC: _ClassVar[FallbackKind]
+
+class StatsKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATS_KIND_UNSPECIFIED: _ClassVar[StatsKind]
+    STATS_KIND_ROUTE: _ClassVar[StatsKind]
+    STATS_KIND_CLUSTER: _ClassVar[StatsKind]
+    STATS_KIND_ENDPOINT: _ClassVar[StatsKind]
 ENDPOINT_STATUS_UNSPECIFIED: EndpointStatus
 ENDPOINT_STATUS_ACTIVE: EndpointStatus
 ENDPOINT_STATUS_UNHEALTHY: EndpointStatus
@@ -92,6 +99,10 @@ FALLBACK_KIND_UNSPECIFIED: FallbackKind
 FALLBACK_KIND_CACHE: FallbackKind
 FALLBACK_KIND_CLUSTER: FallbackKind
 FALLBACK_KIND_STATIC: FallbackKind
+STATS_KIND_UNSPECIFIED: StatsKind
+STATS_KIND_ROUTE: StatsKind
+STATS_KIND_CLUSTER: StatsKind
+STATS_KIND_ENDPOINT: StatsKind
 
 class HealthCheckResult(_message.Message):
     __slots__ = ("time", "passed", "status_code", "latency", "error")
@@ -335,3 +346,29 @@ class ConfigIssue(_message.Message):
     path: str
     message: str
     def __init__(self, path: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ResourceStats(_message.Message):
+    __slots__ = ("name", "cluster", "requests", "successes", "success_rate", "requests_per_second", "latency_p50", "latency_p90", "latency_p99", "retries", "breaker_trips")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P90_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_TRIPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cluster: str
+    requests: int
+    successes: int
+    success_rate: float
+    requests_per_second: float
+    latency_p50: _duration_pb2.Duration
+    latency_p90: _duration_pb2.Duration
+    latency_p99: _duration_pb2.Duration
+    retries: int
+    breaker_trips: int
+    def __init__(self, name: _Optional[str] = ..., cluster: _Optional[str] = ..., requests: _Optional[int] = ..., successes: _Optional[int] = ..., success_rate: _Optional[float] = ..., requests_per_second: _Optional[float] = ..., latency_p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_p90: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_p99: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retries: _Optional[int] = ..., breaker_trips: _Optional[int] = ...) -> None: ...

@@ -32,6 +32,8 @@ __all__ = (
     "GetEndpointResponse",
     "GetServerInfoRequest",
     "GetServerInfoResponse",
+    "GetStatsRequest",
+    "GetStatsResponse",
     "HealthChanged",
     "HealthCheckResult",
     "HealthStatus",
@@ -48,10 +50,12 @@ __all__ = (
     "ResetBreakerResponse",
     "ResolveRouteRequest",
     "ResolveRouteResponse",
+    "ResourceStats",
     "ServerState",
     "SetLogLevelRequest",
     "SetLogLevelResponse",
     "StateFileCorrupt",
+    "StatsKind",
     "StatusEvent",
     "StatusSnapshot",
     "TripBreakerRequest",
@@ -404,6 +408,50 @@ class ServerState(betterproto2.Enum):
             "SERVER_STATE_READY": 2,
             "SERVER_STATE_DRAINING": 3,
             "SERVER_STATE_STOPPED": 4,
+        }
+
+
+class StatsKind(betterproto2.Enum):
+    """
+    What GetStats reports on.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not specified: every kind.
+    """
+
+    ROUTE = 1
+    """
+    Routes: the requests the listener answered for each route.
+    """
+
+    CLUSTER = 2
+    """
+    Clusters: the requests of every route to the cluster.
+    """
+
+    ENDPOINT = 3
+    """
+    Endpoints: the upstream attempts sent to each endpoint, retries included.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "STATS_KIND_UNSPECIFIED",
+            1: "STATS_KIND_ROUTE",
+            2: "STATS_KIND_CLUSTER",
+            3: "STATS_KIND_ENDPOINT",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "STATS_KIND_UNSPECIFIED": 0,
+            "STATS_KIND_ROUTE": 1,
+            "STATS_KIND_CLUSTER": 2,
+            "STATS_KIND_ENDPOINT": 3,
         }
 
 
@@ -1164,6 +1212,84 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class GetStatsRequest(betterproto2.Message):
+    """
+    Request of GetStats.
+    """
+
+    kind: "StatsKind" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: StatsKind(0)
+    )
+    """
+    Which resources to return. If not specified, routes, clusters and endpoints.
+    """
+
+    window: "datetime.timedelta | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    How far back the figures go, up to 10m; rounded up to whole 10 s slots. If not
+    specified, the default is 1m.
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING
+    )
+    """
+    Only this cluster's routes, the cluster itself and its endpoints. If empty,
+    every cluster.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "GetStatsRequest", GetStatsRequest)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class GetStatsResponse(betterproto2.Message):
+    """
+    Response of GetStats. Each list is ordered by cluster, then name; a list the
+    request's `kind` did not ask for is empty.
+    """
+
+    window: "datetime.timedelta | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    The window the figures cover (the request's, rounded up to whole slots).
+    """
+
+    time: "datetime.datetime | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the figures were taken.
+    """
+
+    routes: "list[ResourceStats]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One entry per route that has a cluster (the configured routes and the
+    orchestrator route), with or without requests in the window.
+    """
+
+    clusters: "list[ResourceStats]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One entry per cluster.
+    """
+
+    endpoints: "list[ResourceStats]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One entry per endpoint registered now.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "GetStatsResponse", GetStatsResponse)
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
 class HealthChanged(betterproto2.Message):
     """
     An endpoint's health, as judged by active health checks, changed.
@@ -1593,6 +1719,91 @@ class ResolveRouteResponse(betterproto2.Message):
 default_message_pool.register_message(
     "sidecar.admin.v1", "ResolveRouteResponse", ResolveRouteResponse
 )
+
+
+@dataclass(eq=False, repr=False, config={"extra": "forbid"})
+class ResourceStats(betterproto2.Message):
+    """
+    Request statistics of one route, cluster or endpoint over GetStats' window.
+    """
+
+    name: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING
+    )
+    """
+    The route name, cluster name or endpoint id.
+    """
+
+    cluster: "typing.Annotated[str, pydantic.AfterValidator(betterproto2.validators.validate_string)]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING
+    )
+    """
+    The cluster: a route's cluster, an endpoint's cluster, a cluster's own name.
+    """
+
+    requests: "typing.Annotated[int, pydantic.Field(ge=0, le=2**64 - 1)]" = betterproto2.field(
+        3, betterproto2.TYPE_UINT64
+    )
+    """
+    Requests finished in the window. For an endpoint: upstream attempts sent to it
+    that ended, retries included.
+    """
+
+    successes: "typing.Annotated[int, pydantic.Field(ge=0, le=2**64 - 1)]" = betterproto2.field(
+        4, betterproto2.TYPE_UINT64
+    )
+    """
+    Of `requests`, those that succeeded: answered with a status below 500 (for an
+    endpoint: attempts that were not failures of `circuit_breaker.failure_on`'s
+    kinds, a 5xx or a connect, reset, timeout or protocol error).
+    """
+
+    success_rate: "float | None" = betterproto2.field(5, betterproto2.TYPE_DOUBLE, optional=True)
+    """
+    successes / requests, from 0 to 1; not set when there were no requests.
+    """
+
+    requests_per_second: "float" = betterproto2.field(6, betterproto2.TYPE_DOUBLE)
+    """
+    Requests a second over the window.
+    """
+
+    latency_p50: "datetime.timedelta | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+    """
+    Latency quantiles of `requests`: for a route or cluster from the first byte
+    in to the last byte out; for an endpoint, of each attempt up to the response
+    head. Estimated from a histogram with about 10 % resolution; not set when
+    there were no requests.
+    """
+
+    latency_p90: "datetime.timedelta | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+
+    latency_p99: "datetime.timedelta | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+    )
+
+    retries: "typing.Annotated[int, pydantic.Field(ge=0, le=2**64 - 1)]" = betterproto2.field(
+        10, betterproto2.TYPE_UINT64
+    )
+    """
+    Retries made: for a route or cluster, of its requests; for an endpoint, after
+    an attempt to it failed.
+    """
+
+    breaker_trips: "typing.Annotated[int, pydantic.Field(ge=0, le=2**64 - 1)]" = betterproto2.field(
+        11, betterproto2.TYPE_UINT64
+    )
+    """
+    Times a circuit breaker opened: an endpoint's, or those of a cluster's
+    endpoints; 0 for a route.
+    """
+
+
+default_message_pool.register_message("sidecar.admin.v1", "ResourceStats", ResourceStats)
 
 
 @dataclass(eq=False, repr=False, config={"extra": "forbid"})
@@ -2325,6 +2536,21 @@ class AdminServiceStub:
             "/sidecar.admin.v1.AdminService/Drain",
             DrainRequest.SerializeToString,
             DrainResponse.FromString,
+        )(message)
+
+    def get_stats(self, message: "GetStatsRequest") -> "GetStatsResponse":
+        """
+        Returns request statistics over a recent window, per route, cluster and
+        endpoint: requests, success rate, rate, latency quantiles, retries and breaker
+        trips. They come from bounded in-process rolling counters (10 s slots over the
+        last 10 minutes), so memory does not grow with time. Errors: INVALID_ARGUMENT
+        (window negative or over 10m, unknown kind).
+        """
+
+        return self._channel.unary_unary(
+            "/sidecar.admin.v1.AdminService/GetStats",
+            GetStatsRequest.SerializeToString,
+            GetStatsResponse.FromString,
         )(message)
 
 
