@@ -24,6 +24,7 @@ a Content-Security-Policy that allows only this origin's own files (no inline sc
 from __future__ import annotations
 
 import html
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -227,6 +228,11 @@ class StatusPage:
             return _see_other("/")
         if not same_origin(request):
             return _error(403, "cross_origin", "the login form must be sent from this page")
+        wait = self.auth.login_wait(request)
+        if wait > 0:
+            response = self._login_page("Too many attempts: try again in a minute.", 429)
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
         form = await request.post()
         token = form.get("token")
         if not isinstance(token, str) or not token.strip():

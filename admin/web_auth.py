@@ -15,8 +15,10 @@ role, checked by the same `Authenticator` as the gRPC API:
 The session ids are looked up by their SHA-256, so the table's lookups reveal nothing
 of the ids through their timing. The login POST must come from the page itself: an
 `Origin` (or `Sec-Fetch-Site`) naming another site is refused, so no other site can
-log a browser in (login CSRF). Without `admin.auth` every request is allowed, as the
-gRPC API allows every local caller.
+log a browser in (login CSRF). Login attempts are rate limited per client address
+(`LOGIN_BURST` at once, then `LOGIN_RATE` a second: 429 with Retry-After past that), so
+the form is no faster a token guesser than the gRPC API. Without `admin.auth` every
+request is allowed, as the gRPC API allows every local caller.
 """
 
 from __future__ import annotations
@@ -32,16 +34,21 @@ from urllib.parse import urlsplit
 import grpc
 from aiohttp import web
 
+from sidecar.core.ratelimit import RateLimiter
+
 from .auth import Authenticator, AuthError, Identity, Role
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_LIFETIME", "COOKIE_PREFIX", "Sessions",
-           "WebAuth", "same_origin"]
+__all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_LIFETIME", "COOKIE_PREFIX", "LOGIN_BURST",
+           "LOGIN_RATE", "Sessions", "WebAuth", "same_origin"]
 
 DEFAULT_MAX_SESSIONS = 256
 DEFAULT_SESSION_LIFETIME = 8 * 3600.0
 #: The cookie is named after the admin HTTP port: browsers do not separate cookies by
 #: port, and two sidecars on one host must not log each other's users out.
 COOKIE_PREFIX = "sidecar_session_"
+#: Login attempts a client address may make at once, then how many a second.
+LOGIN_BURST = 10
+LOGIN_RATE = 0.2
 
 
 @dataclass(slots=True)
@@ -116,9 +123,18 @@ def same_origin(request: web.Request) -> bool:
 class WebAuth:
     """Authenticates status page requests with `authenticator` (see the module doc)."""
 
-    def __init__(self, authenticator: Authenticator, sessions: Sessions | None = None) -> None:
+    def __init__(self, authenticator: Authenticator, sessions: Sessions | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._authenticator = authenticator
         self.sessions = sessions or Sessions()
+        self._clock = clock
+        self._attempts = RateLimiter(LOGIN_RATE, LOGIN_BURST, max_keys=1024)
+
+    def login_wait(self, request: web.Request) -> float:
+        """Count a login attempt from the request's address: 0 if it may go ahead,
+        else the seconds until it may try again."""
+        decision = self._attempts.take(request.remote or "", self._clock())
+        return 0.0 if decision.allowed else decision.retry_after
 
     @property
     def enabled(self) -> bool:

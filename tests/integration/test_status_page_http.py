@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from admin.sse import message_dict
-from admin.web_auth import COOKIE_PREFIX
+from admin.web_auth import COOKIE_PREFIX, LOGIN_BURST
 from sidecar.admin.v1 import admin_service_pb2 as api
 from sidecar.app import Sidecar
 
@@ -346,6 +346,27 @@ async def test_login_from_another_site_is_refused(
                            headers={"Origin": own, "Sec-Fetch-Site": "same-origin"},
                            allow_redirects=False) as response:
         assert response.status == 303
+
+
+async def test_login_attempts_are_rate_limited_per_client(
+        start_sidecar: Start, start_upstream: Start, tokens: Tokens, tmp_path: Path,
+        client: aiohttp.ClientSession) -> None:
+    sidecar = await _secured(start_sidecar, start_upstream, tokens, tmp_path)
+    for _ in range(LOGIN_BURST):
+        async with client.post(admin_url(sidecar, "/login"), data={"token": "x" * 30},
+                               allow_redirects=False) as response:
+            assert response.status == 401
+    # Past the burst even the right token waits: the limit is on attempts, not failures.
+    async with client.post(admin_url(sidecar, "/login"), data={"token": tokens.read},
+                           allow_redirects=False) as response:
+        assert response.status == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert "Set-Cookie" not in response.headers
+        assert "Too many attempts" in await response.text()
+    # A bearer token is not a login attempt: scripts are not held back by the form's limit.
+    async with client.get(admin_url(sidecar, "/api/status"),
+                          headers={"Authorization": f"Bearer {tokens.read}"}) as response:
+        assert response.status == 200
 
 
 async def test_registering_needs_grpc_admin_while_the_page_only_reads(
