@@ -59,7 +59,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import grpc
 from pydantic.warnings import PydanticDeprecatedSince212
@@ -932,57 +932,20 @@ class _Ctl:
 _WATCH_STATUS = "/sidecar.admin.v1.AdminService/WatchStatus"
 
 
-class _StopOnSigint:
-    """While entered: SIGINT sets `stopped` (a loop checks it between steps).
+class _OnSigint:
+    """While entered, SIGINT calls `_handle` instead of raising KeyboardInterrupt.
 
-    Like `_CancelOnSigint`: main thread only, and an ignored SIGINT stays ignored."""
-
-    def __init__(self) -> None:
-        self.stopped = threading.Event()
-        self._previous: Any = None
-        self._installed = False
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.stopped.set()
-
-    def __enter__(self) -> _StopOnSigint:
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGINT)
-            if previous is not signal.SIG_IGN:
-                self._previous = previous
-                signal.signal(signal.SIGINT, self._handle)
-                self._installed = True
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None
-                          else signal.default_int_handler)
-            self._installed = False
-
-
-class _CancelOnSigint:
-    """While entered: SIGINT cancels `call` (or, before there is one, raises
-    KeyboardInterrupt) and sets `interrupted`.
-
-    Cancelling wakes the main thread from the stream, which then ends with CANCELLED.
     No-op outside the main thread (only it receives signals) and when SIGINT is
-    ignored (see the module docstring).
-    """
+    ignored (see the module docstring): an ignored SIGINT stays ignored."""
 
     def __init__(self) -> None:
-        self.call: grpc.Future | None = None
-        self.interrupted = False
         self._previous: Any = None
         self._installed = False
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.interrupted = True
-        if self.call is None:
-            raise KeyboardInterrupt
-        self.call.cancel()
+        raise NotImplementedError
 
-    def __enter__(self) -> _CancelOnSigint:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGINT)
             if previous is not signal.SIG_IGN:
@@ -997,6 +960,36 @@ class _CancelOnSigint:
             signal.signal(signal.SIGINT, self._previous if self._previous is not None
                           else signal.default_int_handler)
             self._installed = False
+
+
+class _StopOnSigint(_OnSigint):
+    """While entered: SIGINT sets `stopped` (a loop checks it between steps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = threading.Event()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.stopped.set()
+
+
+class _CancelOnSigint(_OnSigint):
+    """While entered: SIGINT cancels `call` (or, before there is one, raises
+    KeyboardInterrupt) and sets `interrupted`.
+
+    Cancelling wakes the main thread from the stream, which then ends with CANCELLED.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.call: grpc.Future | None = None
+        self.interrupted = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.interrupted = True
+        if self.call is None:
+            raise KeyboardInterrupt
+        self.call.cancel()
 
 
 class _Unreachable(Exception):
