@@ -19,6 +19,10 @@ Matching rules:
   wins. If the cluster named in the path does not exist, the answer is 404
   `unknown_cluster`: a shorter catch-all route never takes a request addressed to
   a cluster by name. The bare prefix with no cluster name is not a match.
+* Routing decides on the path the upstream will get (`routable_path`): dot segments
+  removed, also percent-encoded ones; an encoded slash or backslash, a raw backslash
+  or a fragment is 400, never a route bypass. Host routes match the Host field
+  without its port, lower-cased (`host_without_port`).
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from dataclasses import dataclass
 from sidecar.config.model import RateLimitConfig, RouteConfig
 from sidecar.config.resilience import FallbackConfig, RetryConfig
 from sidecar.config.types import NAME_PATTERN
-from sidecar.errors import MethodNotAllowed, NoRoute, UnknownCluster
+from sidecar.errors import BadRequest, MethodNotAllowed, NoRoute, UnknownCluster
 
-__all__ = ["ORCHESTRATOR_ROUTE", "Route", "RouteMatch", "RouteTable", "normalize_path"]
+__all__ = ["ORCHESTRATOR_ROUTE", "Route", "RouteMatch", "RouteTable", "host_without_port",
+           "normalize_path", "routable_path"]
 
 ORCHESTRATOR_ROUTE = "orchestrator"
 _CLUSTER_NAME = re.compile(NAME_PATTERN)
@@ -212,3 +217,41 @@ class RouteTable:
         if not upstream.startswith("/"):
             upstream = "/" + upstream
         return RouteMatch(self._orchestrator, cluster, upstream)
+
+
+def routable_path(target: str) -> str:
+    """The origin-form target routing decides on, and the upstream gets.
+
+    Dot segments are removed (RFC 3986 5.2.4), also when percent-encoded (`%2e%2e`,
+    `%2E.`: `%2E` is an unreserved character, RFC 3986 6.2.2.2, so it is decoded):
+    `/api/%2e%2e/admin` routes, and is forwarded, as `/admin`. An encoded slash or
+    backslash (`%2F`, `%5C`) and a raw backslash in the path are refused (400): an
+    upstream that decodes them would see a path other than the one routed. A `#`
+    is not part of a request target (RFC 9112 3.2): 400.
+    """
+    if "%" not in target and "/." not in target and "\\" not in target and "#" not in target:
+        return target  # the usual case
+    if "#" in target:
+        raise BadRequest("The request target must not contain a fragment.")
+    path, sep, query = target.partition("?")
+    if "%" in path:
+        lowered = path.lower()
+        if "%2f" in lowered or "%5c" in lowered:
+            raise BadRequest("The request path must not contain an encoded slash.")
+        if "%2e" in lowered:
+            path = path.replace("%2e", ".").replace("%2E", ".")
+    if "\\" in path:
+        raise BadRequest("The request path must not contain a backslash.")
+    if "/." in path:
+        return normalize_path(path + sep + query)
+    return path + sep + query if sep else path
+
+
+def host_without_port(host: str) -> str:
+    """The Host field without its port, lower-cased, as host routes match it."""
+    if host.endswith("]"):
+        return host.lower()
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return name.lower()
+    return host.lower()

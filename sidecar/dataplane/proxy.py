@@ -6,15 +6,21 @@ Theory of operation, per request:
 1. Validate what the listener's strict parser does not (Host, request target, CONNECT).
 2. Route with the `RouteTable` of the snapshot current when the request arrived;
    a reload swaps `Proxy.state` and never touches a request in flight. Then the
-   route's limits: its rate limit (429 `rate_limited`, `sidecar.core.ratelimit`) and
-   its body limit (413 `body_too_large`: by Content-Length before anything is read,
-   else counted by the listener as the body arrives).
+   route's limits (`dataplane.route_limits`): its rate limit (429 `rate_limited`,
+   `sidecar.core.ratelimit`) and its body limit (413 `body_too_large`: by
+   Content-Length before anything is read, else counted by the listener as the body
+   arrives). Routing decides on the path the upstream will get
+   (`core.routing.routable_path`); an absolute-form target's authority replaces Host
+   (`dataplane.request.absolute_form`).
 3. Pick an endpoint from the cluster's routable tuple (registry, copy-on-write).
 4. Build the upstream head in one pass (`headers.build_request_head`), send it with
    the body through the endpoint's `UpstreamPool`, under the total timeout.
 5. If the whole upstream response has already arrived, answer with one write;
    otherwise stream the body with flow control (`Request.write` drains, the
    pool pauses the upstream socket when its buffer is full).
+
+6. When the cluster cannot answer, the route's fallbacks may (`core.fallback` decides,
+   `dataplane.fallbacks` keeps the caches and marks the answers).
 
 Errors before the response starts become JSON bodies with the right status;
 errors after it started abort the client connection, so a truncated body is
@@ -31,7 +37,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from sidecar.config.model import ClusterSettings, RateLimitConfig, SidecarConfig
+from sidecar.config.model import ClusterSettings, SidecarConfig
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.fallback import (
     CACHE,
@@ -41,7 +47,6 @@ from sidecar.core.fallback import (
     STATIC,
     FallbackPlan,
     ResponseCache,
-    fallback_header,
 )
 from sidecar.core.headers import (
     build_request_head,
@@ -53,7 +58,6 @@ from sidecar.core.headers import (
 )
 from sidecar.core.hosts import Host
 from sidecar.core.limits import MAX_PENDING, ClusterLimits
-from sidecar.core.ratelimit import RateLimiter
 from sidecar.core.retry import (
     CONNECT_FAILURE,
     GATEWAY_ERROR,
@@ -69,29 +73,34 @@ from sidecar.core.retry import (
     classify_status,
     replay_refusal,
 )
-from sidecar.core.routing import Route, RouteMatch, RouteTable, normalize_path
+from sidecar.core.routing import (
+    Route,
+    RouteMatch,
+    RouteTable,
+    host_without_port,
+    routable_path,
+)
 from sidecar.dataplane.body import BUFFER_REQUEST_BODY, RequestBody
 from sidecar.dataplane.connection import StaleConnection
 from sidecar.dataplane.deadlines import DeadlineWheel
-from sidecar.dataplane.listener import Request
+from sidecar.dataplane.fallbacks import FALLBACK_FIELDS, Fallbacks
 from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
+from sidecar.dataplane.request import Request, absolute_form
 from sidecar.dataplane.response import ProxyResponse, connection_field, error_response
+from sidecar.dataplane.route_limits import RouteLimits
 from sidecar.errors import (
     BadRequest,
-    BodyTooLarge,
     MethodNotAllowed,
     NoHealthyEndpoint,
     NoRoute,
     Overflow,
     Overloaded,
     ProxyError,
-    RateLimited,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
 )
-from sidecar.events import EventKind
 from sidecar.observe.logs import access_logger, request_id_var, trace_id_var
 from sidecar.observe.metrics import Metrics
 from sidecar.registry import ClusterMembers, Registry
@@ -117,8 +126,6 @@ _FALLBACK_REASONS: dict[type[ProxyError], str] = {
     NoHealthyEndpoint: NO_HEALTHY_ENDPOINT, Overflow: OVERFLOW,
     UpstreamConnectError: CONNECT_FAILURE, UpstreamReset: GATEWAY_ERROR,
     UpstreamProtocolError: GATEWAY_ERROR, UpstreamTimeout: GATEWAY_ERROR}
-_FALLBACK_FIELDS = {kind: b"%s: %s\r\n" % fallback_header(kind)
-                    for kind in (CACHE, CLUSTER, STATIC)}
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
@@ -206,43 +213,6 @@ class DataPlaneState:
         return policy
 
 
-def _routable_path(target: str) -> str:
-    """The origin-form target routing decides on, and the upstream gets.
-
-    Dot segments are removed (RFC 3986 5.2.4), also when percent-encoded (`%2e%2e`,
-    `%2E.`: `%2E` is an unreserved character, RFC 3986 6.2.2.2, so it is decoded):
-    `/api/%2e%2e/admin` routes, and is forwarded, as `/admin`. An encoded slash or
-    backslash (`%2F`, `%5C`) and a raw backslash in the path are refused (400): an
-    upstream that decodes them would see a path other than the one routed. A `#`
-    is not part of a request target (RFC 9112 3.2): 400.
-    """
-    if "%" not in target and "/." not in target and "\\" not in target and "#" not in target:
-        return target  # the usual case
-    if "#" in target:
-        raise BadRequest("The request target must not contain a fragment.")
-    path, sep, query = target.partition("?")
-    if "%" in path:
-        lowered = path.lower()
-        if "%2f" in lowered or "%5c" in lowered:
-            raise BadRequest("The request path must not contain an encoded slash.")
-        if "%2e" in lowered:
-            path = path.replace("%2e", ".").replace("%2E", ".")
-    if "\\" in path:
-        raise BadRequest("The request path must not contain a backslash.")
-    if "/." in path:
-        return normalize_path(path + sep + query)
-    return path + sep + query if sep else path
-
-
-def _host_without_port(host: str) -> str:
-    if host.endswith("]"):
-        return host.lower()
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit():
-        return name.lower()
-    return host.lower()
-
-
 class Proxy:
     """The data-plane handler: `Listener(proxy.handle)` (sidecar.dataplane.listener)."""
 
@@ -255,16 +225,12 @@ class Proxy:
         self.trace_sampled = state.config.listener.trace_sampled
         self._proto = proto
         self._clock_source: Clock = clock or SystemClock()
-        #: Last good answers of routes with a cache fallback, by route name.
-        self._caches: dict[str, ResponseCache] = {}
-        #: Routes answered by a fallback since their cluster last answered.
-        self._falling_back: set[str] = set()
+        self._fallbacks = Fallbacks(metrics, registry.bus, self._clock_source)
         # The system clock's own builtin on the hot path: a bound method costs a frame.
         self._clock: Callable[[], float] = (
             time.monotonic if clock is None or isinstance(clock, SystemClock) else clock.now)
         self._deadlines = DeadlineWheel(asyncio.get_running_loop())
-        #: Rate limiters by route name; kept across reloads while the route has one.
-        self._limiters: dict[str, tuple[RateLimitConfig, RateLimiter]] = {}
+        self._route_limits = RouteLimits()
         #: Called with each new state (`sidecar.dataplane.server`: listener limits).
         self.state_hooks: list[Callable[[DataPlaneState], None]] = []
 
@@ -276,9 +242,7 @@ class Proxy:
         self.state = state
         self.access_log = state.config.logging.access_log
         self.trace_sampled = state.config.listener.trace_sampled
-        limited = {route.name for route in state.routes.routes if route.rate_limit is not None}
-        for name in [name for name in self._limiters if name not in limited]:
-            del self._limiters[name]
+        self._route_limits.keep_only(state.routes.routes)
         for hook in self.state_hooks:
             hook(state)
         for members in self.registry.clusters.values():
@@ -343,13 +307,15 @@ class Proxy:
                                         "PUT"))
             target = request.raw_path
             if not target.startswith("/"):
-                target, host = self._origin_form(request, target)
-            target = _routable_path(target)
+                target, host = absolute_form(request, target)
+            target = routable_path(target)
             routes = state.routes
-            match = routes.match(_host_without_port(host) if routes.uses_host else "", method,
+            match = routes.match(host_without_port(host) if routes.uses_host else "", method,
                                  target)
             route_name, cluster_name = match.route.name, match.cluster
-            self._route_limits(request, match.route, state)
+            self._route_limits.check(request, match.route,
+                                     state.config.listener.max_request_body_bytes,
+                                     self._clock())
             response = await self._forward(request, state, match, request_id.encode(),
                                            version)
             status = getattr(response, "aborted_status", None) or response.status
@@ -376,77 +342,6 @@ class Proxy:
                     "duration_seconds": round(elapsed, 6), "route": route_name,
                     "cluster": cluster_name})
 
-    def _route_limits(self, request: Request, route: Route, state: DataPlaneState) -> None:
-        """The route's rate limit, then its body limit (raise 429 or 413); the
-        orchestrator route has neither, so the listener's body limit applies."""
-        rate = route.rate_limit
-        if rate is not None:
-            entry = self._limiters.get(route.name)
-            if entry is None:
-                limiter = RateLimiter(rate.requests_per_second, rate.bucket_size,
-                                      rate.max_keys)
-                self._limiters[route.name] = (rate, limiter)
-            else:
-                limiter = entry[1]
-                if entry[0] is not rate:  # a reload: keep the buckets, take the bounds
-                    limiter.update_config(rate.requests_per_second, rate.bucket_size,
-                                          rate.max_keys)
-                    self._limiters[route.name] = (rate, limiter)
-            decision = limiter.take(self._rate_key(request, rate.key), self._clock())
-            if not decision.allowed:
-                raise RateLimited(decision.retry_after, decision.limit, decision.remaining,
-                                  decision.reset)
-        limit = route.max_request_body_bytes
-        if limit is None:
-            limit = state.config.listener.max_request_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyTooLarge()  # refused before a byte of it is read
-        if limit != request.max_body:
-            request.limit_body(limit)
-
-    @staticmethod
-    def _rate_key(request: Request, key: str) -> str:
-        """Whose bucket: the route's one, the client's address, or a header's value
-        (requests without the header share one bucket)."""
-        if key == "none":
-            return ""
-        if key == "client_ip":
-            return request.remote
-        name = key[7:].encode()
-        for field_name, value in request.raw_headers:
-            if len(field_name) == len(name) and field_name.lower() == name:
-                return "=" + value.decode("latin-1")
-        return ""
-
-    @staticmethod
-    def _origin_form(request: Request, target: str) -> tuple[str, str]:
-        """Absolute-form targets (RFC 9112 3.2.2) are accepted, and their authority
-        replaces the Host field (routing, forwarding); anything else is 400."""
-        lowered = target[:8].lower()
-        if lowered.startswith("http://") or lowered.startswith("https://"):
-            rest = target.split("://", 1)[1]
-            slash = rest.find("/")
-            query = rest.find("?")
-            if slash == -1 or (query != -1 and query < slash):
-                end = query if query != -1 else len(rest)
-                path = "/" + (rest[query:] if query != -1 else "")
-            else:
-                end = slash
-                path = rest[slash:]
-            authority = rest[:end]
-            if not authority or "@" in authority:
-                raise BadRequest("The request target's authority is invalid.")
-            if authority != request.host:
-                raw = authority.encode("utf-8", "surrogateescape")
-                if request.host is None:
-                    request.raw_headers = [*request.raw_headers, (b"Host", raw)]
-                else:
-                    request.raw_headers = [(name, raw if name.lower() == b"host" else value)
-                                           for name, value in request.raw_headers]
-                request.host = authority
-            return path, authority
-        raise BadRequest("The request target must be an absolute path.")
-
     async def _forward(self, request: Request, state: DataPlaneState, match: RouteMatch,
                        rid: bytes, version: bytes) -> ProxyResponse:
         """The route's cluster answers (`_serve`); when it cannot, the route's fallback
@@ -463,7 +358,7 @@ class Proxy:
             return await self._serve(request, match, members, policy, body, rid, version,
                                      extra=extra)
         plan = state.fallback_plan(route)
-        cache = self._cache(route)
+        cache = self._fallbacks.cache(route)
         key = (route.name, request.host or "", match.target)
         store = None
         if cache is not None and plan.caches(request.method, 200):
@@ -474,7 +369,7 @@ class Proxy:
         try:
             response = await self._serve(request, match, members, policy, body, rid, version,
                                          gateway_fallback=True, store=store, extra=extra)
-            self._falling_back.discard(route.name)  # the cluster answers again
+            self._fallbacks.recovered(route.name)  # the cluster answers again
             return response
         except _GatewayAnswer as answer:  # the upstream's own 502/503/504, held back
             held, reason = answer, GATEWAY_ERROR
@@ -511,17 +406,19 @@ class Proxy:
             if kind == CACHE:
                 entry = cache.lookup(key) if cache is not None else None
                 if entry is not None:
-                    response = self._fixed(request, route, entry.status, entry.headers, entry.body,
-                                           CACHE, rid, version)
+                    response = self._fallbacks.answer(request, route, entry.status,
+                                                      entry.headers, entry.body, CACHE, rid,
+                                                      version)
             elif kind == CLUSTER:
                 response = await self._serve_fallback_cluster(request, state, match, plan,
                                                               body, rid, version)
             elif plan.static is not None:
                 static = plan.static
-                response = self._fixed(request, route, static.status, static.headers, static.body,
-                                       STATIC, rid, version)
+                response = self._fallbacks.answer(request, route, static.status,
+                                                  static.headers, static.body, STATIC, rid,
+                                                  version)
             if response is not None:
-                self._fell_back(route.name, match.cluster, kind, reason)
+                self._fallbacks.used(route.name, match.cluster, kind, reason)
                 return response
         return None
 
@@ -535,44 +432,9 @@ class Proxy:
         try:
             return await self._serve(request, RouteMatch(match.route, other.name, match.target),
                                      other, policy, body, rid, version,
-                                     extra=_FALLBACK_FIELDS[CLUSTER] + match.route.set_fields)
+                                     extra=FALLBACK_FIELDS[CLUSTER] + match.route.set_fields)
         except ProxyError:
             return None  # a fallback does not fall back again; the next kind may answer
-
-    def _fell_back(self, route: str, cluster: str, kind: str, reason: str) -> None:
-        self.metrics.fallback(route, kind)
-        # An event when a route starts falling back, not for every request: watchers
-        # see the activation, and a busy route cannot flood them.
-        if route not in self._falling_back:
-            self._falling_back.add(route)
-            self.registry.bus.publish(EventKind.FALLBACK_USED, route=route, cluster=cluster,
-                                      fallback=kind, reason=reason)
-
-    def _fixed(self, request: Request, route: Route, status: int,
-               headers: tuple[tuple[bytes, bytes], ...], body: bytes, kind: str, rid: bytes,
-               version: bytes) -> ProxyResponse:
-        """A fallback answer the sidecar makes (cache or static), marked as one."""
-        keep_alive = request.keep_alive
-        no_body = request.method == "HEAD"
-        framing = (b"Content-Length: %d\r\n" % len(body) + _FALLBACK_FIELDS[kind]
-                   + route.set_fields + connection_field(keep_alive, version))
-        head = build_response_head(version, status, b"", headers, framing=framing,
-                                   request_id=rid, replace=route.set_names)
-        return ProxyResponse(status, head, body=b"" if no_body else body,
-                             keep_alive=keep_alive)
-
-    def _cache(self, route: Route) -> ResponseCache | None:
-        """The route's last-good-answer cache; kept across reloads while the route keeps
-        a cache fallback, with the new bounds."""
-        config = route.fallback.cache if route.fallback is not None else None
-        if config is None:
-            return None
-        cache = self._caches.get(route.name)
-        if cache is None:
-            cache = self._caches[route.name] = ResponseCache(config, self._clock_source)
-        elif cache.config is not config:
-            cache.update_config(config)
-        return cache
 
     async def _serve(self, request: Request, match: RouteMatch, members: ClusterMembers,
                      policy: RetryPolicy, body: RequestBody, rid: bytes, version: bytes, *,

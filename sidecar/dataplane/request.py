@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from sidecar.dataplane.response import ProxyResponse
-from sidecar.errors import BodyTooLarge
+from sidecar.errors import BadRequest, BodyTooLarge
 
-__all__ = ["NO_BODY_STATUSES", "Channel", "Request"]
+__all__ = ["NO_BODY_STATUSES", "Channel", "Request", "absolute_form"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Responses that never have a body, whatever their header says (RFC 9112 6.3).
@@ -209,3 +209,34 @@ class Request:
     def abort(self) -> None:
         """Cut the client connection: a started response cannot end honestly."""
         self._conn.abort()
+
+
+def absolute_form(request: Request, target: str) -> tuple[str, str]:
+    """The origin-form path and the authority of a target that is not a path.
+
+    Absolute-form targets (RFC 9112 3.2.2) are accepted, and their authority replaces
+    the request's Host field (routing, forwarding); anything else is 400."""
+    lowered = target[:8].lower()
+    if lowered.startswith("http://") or lowered.startswith("https://"):
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        query = rest.find("?")
+        if slash == -1 or (query != -1 and query < slash):
+            end = query if query != -1 else len(rest)
+            path = "/" + (rest[query:] if query != -1 else "")
+        else:
+            end = slash
+            path = rest[slash:]
+        authority = rest[:end]
+        if not authority or "@" in authority:
+            raise BadRequest("The request target's authority is invalid.")
+        if authority != request.host:
+            raw = authority.encode("utf-8", "surrogateescape")
+            if request.host is None:
+                request.raw_headers = [*request.raw_headers, (b"Host", raw)]
+            else:
+                request.raw_headers = [(name, raw if name.lower() == b"host" else value)
+                                       for name, value in request.raw_headers]
+            request.host = authority
+        return path, authority
+    raise BadRequest("The request target must be an absolute path.")
