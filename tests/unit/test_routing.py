@@ -8,8 +8,15 @@ from typing import Any
 import pytest
 
 from sidecar.config.model import RouteConfig
-from sidecar.core.routing import ORCHESTRATOR_ROUTE, RouteMatch, RouteTable, normalize_path
-from sidecar.errors import MethodNotAllowed, NoRoute, UnknownCluster
+from sidecar.core.routing import (
+    ORCHESTRATOR_ROUTE,
+    RouteMatch,
+    RouteTable,
+    host_without_port,
+    normalize_path,
+    routable_path,
+)
+from sidecar.errors import BadRequest, MethodNotAllowed, NoRoute, UnknownCluster
 
 
 def route(prefix: str, cluster: str = "web", **kwargs: Any) -> RouteConfig:
@@ -395,3 +402,30 @@ def test_a_declared_longer_prefix_still_beats_the_orchestrator_route() -> None:
     legacy = RouteConfig(name="legacy", prefix="/orchestrator/legacy", cluster="app")
     t = table([legacy], ORCH, clusters=["app"])
     assert match(t, "/orchestrator/legacy/x").route.name == "legacy"
+
+
+@pytest.mark.parametrize(("target", "routed"), [
+    ("/api/users?x=1", "/api/users?x=1"),            # the usual case, untouched
+    ("/api/%2e%2e/admin/x", "/admin/x"),              # encoded dot segments resolved
+    ("/api/%2E./admin", "/admin"),
+    ("/api/./v1/../users", "/api/users"),
+    ("/a/%2ex", "/a/.x"),                             # %2E is unreserved: decoded
+    ("/a?next=/b/../c", "/a?next=/b/../c"),           # the query is data
+    ("/a%20b", "/a%20b"),                             # other escapes stay as sent
+])
+def test_routing_decides_on_the_path_the_upstream_gets(target: str, routed: str) -> None:
+    assert routable_path(target) == routed
+
+
+@pytest.mark.parametrize("target", ["/a/%2Fb", "/a/%2fb", "/a%5Cb", "/a\\b", "/a#frag"])
+def test_paths_that_could_bypass_a_route_are_refused(target: str) -> None:
+    with pytest.raises(BadRequest):
+        routable_path(target)
+
+
+@pytest.mark.parametrize(("host", "name"), [
+    ("Example.COM:8080", "example.com"), ("example.com", "example.com"),
+    ("[::1]:80", "[::1]"), ("[::1]", "[::1]"), ("a.test:x", "a.test:x"),
+])
+def test_host_routes_match_the_host_without_its_port(host: str, name: str) -> None:
+    assert host_without_port(host) == name
