@@ -57,6 +57,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, Self
@@ -898,13 +899,13 @@ class _Ctl:
         stop = _StopOnSigint()
         with stop:
             first = True
-            while not stop.stopped.is_set():
+            while not stop.stopped:
                 response = self.stub.get_stats(request)
-                if stop.stopped.is_set():
+                if stop.stopped:
                     break
                 self._stat_show(response, first=first)
                 first = False
-                stop.stopped.wait(args.interval)
+                stop.sleep(args.interval)
         return EXIT_OK
 
     def _stat_show(self, response: GetStatsResponse, *, first: bool) -> None:
@@ -963,14 +964,30 @@ class _OnSigint:
 
 
 class _StopOnSigint(_OnSigint):
-    """While entered: SIGINT sets `stopped` (a loop checks it between steps)."""
+    """While entered: SIGINT sets `stopped`, which a loop checks between steps; `sleep`
+    waits between them and ends early on it.
+
+    The handler only assigns a bool. It runs in the main thread between two bytecodes,
+    wherever the loop happens to be: a `threading.Event.set()` there deadlocks when the
+    loop is inside `Event.wait()`, whose lock it already holds."""
+
+    #: How often `sleep` looks at `stopped`: the most a Ctrl-C waits.
+    POLL = 0.05
 
     def __init__(self) -> None:
         super().__init__()
-        self.stopped = threading.Event()
+        self.stopped = False
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.stopped.set()
+        self.stopped = True
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopped:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, self.POLL))
 
 
 class _CancelOnSigint(_OnSigint):
