@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -173,13 +174,26 @@ async def start_sidecar() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[
         await sidecar.stop(drain_timeout=1.0)
 
 
+#: Sockets bound and never listening, held for the whole run (see `refused_url`).
+_REFUSING: list[socket.socket] = []
+
+
+@atexit.register
+def _release_refusing_ports() -> None:
+    for sock in _REFUSING:
+        sock.close()
+
+
 def refused_url() -> str:
-    """A loopback address with nothing listening: connections to it are refused."""
+    """A loopback address where connections are refused, for as long as the tests run.
+
+    The port stays bound (never listening: a connect gets a reset) rather than being
+    closed after picking it: a port merely free when picked can be taken by any server
+    started later, in this run or another, and the test would reach that instead."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
+    _REFUSING.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def url_of(server: TestServer) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.app import Sidecar
 from sidecar.dataplane.checker import RESULTS
 
-from .conftest import Gate, base_url, url_of
+from .conftest import Gate, base_url, refused_url, url_of
 
 PROMTOOL = "/usr/bin/promtool"
 WAIT = 10.0  # the most a wait may take; it normally ends in milliseconds
@@ -76,14 +75,6 @@ GAUGES = ("sidecar_cluster_active_requests", "sidecar_cluster_pending_requests",
           "sidecar_retry_budget_in_flight")
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def samples(text: str) -> Samples:
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
@@ -129,7 +120,7 @@ async def sidecar(start_upstream: Callable[..., Awaitable[Any]],
              "endpoints": [{"url": url_of(ok), "id": "ok"}]},
             {"name": "down", "health_check": CHECK,
              "circuit_breaker": {"consecutive_failures": 1},
-             "endpoints": [{"url": f"http://127.0.0.1:{closed_port()}", "id": "closed"}]},
+             "endpoints": [{"url": refused_url(), "id": "closed"}]},
             {"name": "slow", "limits": {"max_requests": 1},
              "endpoints": [{"url": url_of(slow), "id": "gate"}]},
         ],
