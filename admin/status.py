@@ -45,7 +45,7 @@ from .ops import ServerInfo, current_log_level, software_version
 from .recent import RecentEvents
 from .sse import EventStream, message_dict
 from .watch import DEFAULT_MAX_WATCHERS, WatchHub
-from .web_auth import WebAuth, same_origin
+from .web_auth import WebAuth, cleartext_from_network, same_origin
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
@@ -77,6 +77,8 @@ _STATIC = {"status.css": "text/css", "status.js": "text/javascript",
            "favicon.svg": "image/svg+xml"}
 _EVENT_KINDS = tuple(field.name for field in
                      res.StatusEvent.DESCRIPTOR.oneofs_by_name["change"].fields)
+_CLEARTEXT_LOGIN = ("Log in over loopback (a port forward): this page is served over plain "
+                    "HTTP, and a token sent across the network would travel in clear.")
 _WINDOW = re.compile(r"^([0-9]{1,4})(s|m)?$")
 
 _Handler = Callable[[web.Request, Identity], Awaitable[web.StreamResponse]]
@@ -221,6 +223,8 @@ class StatusPage:
     async def _login_form(self, request: web.Request) -> web.StreamResponse:
         if not self.auth.enabled:
             return _see_other("/")
+        if cleartext_from_network(request):
+            return self._login_page(_CLEARTEXT_LOGIN, 403)
         return self._login_page()
 
     async def _login_post(self, request: web.Request) -> web.StreamResponse:
@@ -228,6 +232,8 @@ class StatusPage:
             return _see_other("/")
         if not same_origin(request):
             return _error(403, "cross_origin", "the login form must be sent from this page")
+        if cleartext_from_network(request):
+            return self._login_page(_CLEARTEXT_LOGIN, 403)
         wait = self.auth.login_wait(request)
         if wait > 0:
             response = self._login_page("Too many attempts: try again in a minute.", 429)

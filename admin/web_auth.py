@@ -17,13 +17,17 @@ of the ids through their timing. The login POST must come from the page itself: 
 `Origin` (or `Sec-Fetch-Site`) naming another site is refused, so no other site can
 log a browser in (login CSRF). Login attempts are rate limited per client address
 (`LOGIN_BURST` at once, then `LOGIN_RATE` a second: 429 with Retry-After past that), so
-the form is no faster a token guesser than the gRPC API. Without `admin.auth` every
+the form is no faster a token guesser than the gRPC API. Credentials (a bearer header,
+the login form) are refused over plain HTTP from another host (`cleartext_from_network`):
+the admin HTTP port has no TLS, so a token sent across a network would travel in clear;
+reach the page over loopback (a port forward) instead. Without `admin.auth` every
 request is allowed, as the gRPC API allows every local caller.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import time
 from collections import OrderedDict
@@ -38,8 +42,9 @@ from sidecar.core.ratelimit import RateLimiter
 
 from .auth import Authenticator, AuthError, Identity, Role
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_LIFETIME", "COOKIE_PREFIX", "LOGIN_BURST",
-           "LOGIN_RATE", "Sessions", "WebAuth", "same_origin"]
+__all__ = ["CLEARTEXT_REFUSED", "DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_LIFETIME",
+           "COOKIE_PREFIX", "LOGIN_BURST", "LOGIN_RATE", "Sessions", "WebAuth",
+           "cleartext_from_network", "same_origin"]
 
 DEFAULT_MAX_SESSIONS = 256
 DEFAULT_SESSION_LIFETIME = 8 * 3600.0
@@ -106,6 +111,26 @@ class Sessions:
             del self._table[key]
 
 
+#: Why credentials sent over plain HTTP from another host are refused.
+CLEARTEXT_REFUSED = ("credentials are not accepted over plain HTTP from another host (the "
+                     "token would cross the network in clear): reach the admin port over "
+                     "loopback, e.g. through kubectl port-forward or an SSH tunnel")
+
+
+def cleartext_from_network(request: web.Request) -> bool:
+    """Whether the request came over plain HTTP from an address that is not loopback
+    (an IPv4-mapped IPv6 loopback address counts as loopback)."""
+    if request.secure:
+        return False
+    try:
+        address = ipaddress.ip_address((request.remote or "").split("%", 1)[0])
+    except ValueError:
+        return True  # not an IP (e.g. a Unix socket has no remote): be strict
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_loopback
+
+
 def same_origin(request: web.Request) -> bool:
     """Whether a state-changing request (login, logout) comes from this server's own
     pages: its Origin, when sent, names this scheme and host; else Sec-Fetch-Site, when
@@ -158,6 +183,9 @@ class WebAuth:
         if not self.enabled:
             return self._authenticator.authenticate(None, "")
         header = request.headers.get("Authorization")
+        if cleartext_from_network(request) and (
+                header is not None or self.cookie_name(request) in request.cookies):
+            raise AuthError(grpc.StatusCode.PERMISSION_DENIED, CLEARTEXT_REFUSED)
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():

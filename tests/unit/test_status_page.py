@@ -4,6 +4,7 @@ the session table and the same-origin rule."""
 from __future__ import annotations
 
 import json
+import ssl
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -11,7 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 from admin.recent import RecentEvents
 from admin.sse import sse_frame
 from admin.status import parse_window
-from admin.web_auth import Sessions, same_origin
+from admin.web_auth import Sessions, cleartext_from_network, same_origin
 from sidecar.events import EventBus, EventKind
 
 
@@ -98,3 +99,26 @@ def test_same_origin(headers: dict[str, str], allowed: bool) -> None:
     request = make_mocked_request("POST", "/login",
                                   headers={"Host": "127.0.0.1:9902", **headers})
     assert same_origin(request) is allowed
+
+
+class _Transport:
+    """Just what aiohttp's request reads of its transport: the peer."""
+
+    def __init__(self, peer: str) -> None:
+        self._extra = {"peername": (peer, 50000)}
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._extra.get(name, default)
+
+
+@pytest.mark.parametrize(("peer", "tls", "refused"), [
+    ("127.0.0.1", False, False), ("127.8.9.1", False, False), ("::1", False, False),
+    ("::ffff:127.0.0.1", False, False),  # IPv4-mapped loopback
+    ("10.1.2.3", False, True), ("2001:db8::1", False, True), ("::ffff:10.0.0.1", False, True),
+    ("10.1.2.3", True, False),  # over TLS a token does not travel in clear
+])
+def test_credentials_over_plain_http_from_another_host_are_refused(
+        peer: str, tls: bool, refused: bool) -> None:
+    request = make_mocked_request("GET", "/", transport=_Transport(peer),
+                                  sslcontext=ssl.create_default_context() if tls else None)
+    assert cleartext_from_network(request) is refused
