@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import grpc
 from aiohttp import web
 
+from sidecar.config.admin import is_loopback_host
 from sidecar.core.ratelimit import RateLimiter
 
 from .auth import Authenticator, AuthError, Identity, Role
@@ -118,17 +119,16 @@ CLEARTEXT_REFUSED = ("credentials are not accepted over plain HTTP from another 
 
 
 def cleartext_from_network(request: web.Request) -> bool:
-    """Whether the request came over plain HTTP from an address that is not loopback
-    (an IPv4-mapped IPv6 loopback address counts as loopback)."""
+    """Whether the request came over plain HTTP from a peer that is not loopback
+    (`is_loopback_host`; a dual-stack socket's IPv4-mapped loopback peer counts)."""
     if request.secure:
         return False
+    remote = request.remote or ""  # no remote (not an IP socket): strict, not loopback
     try:
-        address = ipaddress.ip_address((request.remote or "").split("%", 1)[0])
+        mapped = ipaddress.IPv6Address(remote).ipv4_mapped
     except ValueError:
-        return True  # not an IP (e.g. a Unix socket has no remote): be strict
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_loopback
+        mapped = None
+    return not is_loopback_host(str(mapped) if mapped is not None else remote)
 
 
 def same_origin(request: web.Request) -> bool:

@@ -530,7 +530,6 @@ class Proxy:
                 if not fresh:  # a stale connection's free replay is no retry in GetStats
                     self.metrics.rolling.retry(match.route.name, cluster_name, host.id,
                                                self._clock())
-                if not fresh:
                     exclude = cast(tuple[Host, ...], plan.tried)
                 if decision.delay > 0:
                     await asyncio.sleep(decision.delay)

@@ -127,14 +127,6 @@ class Stats:
         # The dict itself, for the per-attempt lookup without a method call.
         self._by_endpoint = self.endpoint_windows.windows
 
-    def attach(self, *, routes: RoutesSource | None = None,
-               endpoints: EndpointsSource | None = None) -> None:
-        """Set the sources the query lists rows from (the assembly has them later)."""
-        if routes is not None:
-            self._routes = routes
-        if endpoints is not None:
-            self._endpoints = endpoints
-
     # ------------------------------------------------------------ recording
 
     def pair(self, route: str, cluster: str) -> Window:
