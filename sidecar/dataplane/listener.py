@@ -108,16 +108,9 @@ class _Connection(asyncio.Protocol):
         self._max_headers = listener.max_headers
         self._max_head = listener.max_uri_bytes + listener.max_headers * (
             listener.max_header_bytes + 4) + 64
-        # The request being parsed.
+        # The request whose head is being parsed (filled in by the callbacks below).
+        self._head: Request | None = None
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._host: bytes | None = None
-        self._hosts = 0
-        self._request_id: bytes | None = None
-        self._traceparent: bytes | None = None
-        self._expect = False
-        self._content_length: int | None = None
-        self._chunked = False
         self._in_head = False
         self._head_bytes = 0
         self._parsing: Request | None = None
@@ -198,7 +191,7 @@ class _Connection(asyncio.Protocol):
             if request is not None and not request.complete:
                 request._fail(error)
         self._pipeline.clear()
-        self._parsing = self._active = None  # no cycles left for the collector
+        self._parsing = self._active = self._head = None  # no cycles left for the collector
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()  # the client went away: so does its upstream request
@@ -220,16 +213,12 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ llhttp callbacks
 
     def on_message_begin(self) -> None:
+        now = self.since = self.loop.time()
+        self._head = Request(self, self._remote, self.listener.max_request_body_bytes, now)
         self._url = b""
-        self._headers = []
-        self._host = self._request_id = self._traceparent = None
-        self._hosts = 0
-        self._expect = self._chunked = False
-        self._content_length = None
         self._in_head = True
         self._fresh = False
         self._head_bytes = 0
-        self.since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         url = self._url + url if self._url else url
@@ -239,7 +228,9 @@ class _Connection(asyncio.Protocol):
             raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
+        request = self._head
+        assert request is not None
+        headers = request.raw_headers
         headers.append((name, value))
         if len(headers) > self._max_headers or len(name) + len(value) > self._max_field:
             self._error = HeadersTooLarge()
@@ -247,21 +238,20 @@ class _Connection(asyncio.Protocol):
         if len(name) in _WATCHED_LENGTHS:
             lname = name.lower()
             if lname == b"host":
-                self._hosts += 1
-                if self._hosts > 1:
+                if request.host is not None:
                     self._error = BadRequest("A request carries one Host header.")
                     raise _Stop
-                self._host = value
+                request.host = value.decode("latin-1")
             elif lname == b"x-request-id":
-                self._request_id = value
+                request.request_id = value.decode("latin-1")
             elif lname == b"traceparent":
-                self._traceparent = value
+                request.traceparent = value.decode("latin-1")
             elif lname == b"expect":
-                self._expect = value.lower() == b"100-continue"
+                request.expect_continue = value.lower() == b"100-continue"
             elif lname == b"transfer-encoding":
-                self._chunked = True  # llhttp accepts it only with chunked last
+                request.chunked = True  # llhttp accepts it only with chunked last
         elif len(name) == 14 and name.lower() == b"content-length":
-            self._content_length = int(value)  # llhttp checked: digits, one value
+            request.content_length = int(value)  # llhttp checked: digits, one value
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -270,19 +260,14 @@ class _Connection(asyncio.Protocol):
             self._error = BadRequest("Unsupported HTTP version.")
             raise _Stop
         self._in_head = False
-        host = self._host
-        rid = self._request_id
-        keep_alive = (parser.should_keep_alive() and not parser.should_upgrade()
-                      and not self._draining)
-        request = Request(
-            self, parser.get_method().decode("ascii"),
-            self._url.decode("utf-8", "surrogateescape"), version, self._headers,
-            host.decode("latin-1") if host is not None else None,
-            rid.decode("latin-1") if rid is not None else None,
-            self._expect, self._content_length, self._chunked, keep_alive, self._remote,
-            self.listener.max_request_body_bytes)
-        if self._traceparent is not None:
-            request.traceparent = self._traceparent.decode("latin-1")
+        request = self._head
+        assert request is not None
+        self._head = None
+        request.method = parser.get_method().decode("ascii")
+        request.raw_path = self._url.decode("utf-8", "surrogateescape")
+        request.version = version
+        request.keep_alive = (parser.should_keep_alive() and not parser.should_upgrade()
+                              and not self._draining)
         self._parsing = request
         self._new.append(request)
 

@@ -53,7 +53,6 @@ from sidecar.core.headers import (
     build_response_head,
     new_request_id,
     new_traceparent,
-    trace_id,
     valid_request_id,
 )
 from sidecar.core.hosts import Host
@@ -101,7 +100,7 @@ from sidecar.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from sidecar.observe.logs import access_logger, request_id_var, trace_id_var
+from sidecar.observe.logs import access_logger, request_context
 from sidecar.observe.metrics import Metrics
 from sidecar.registry import ClusterMembers, Registry
 
@@ -248,7 +247,7 @@ class Proxy:
         for members in self.registry.clusters.values():
             settings = members.settings
             for host in members.hosts.hosts.values():
-                pool = cast(UpstreamPool | None, host.pool)
+                pool = cast("UpstreamPool | None", host.pool)
                 if pool is None:
                     continue
                 if settings.tls != pool.tls:
@@ -279,16 +278,13 @@ class Proxy:
         incoming_id = request.request_id
         request_id = (incoming_id if incoming_id is not None and valid_request_id(incoming_id)
                       else new_request_id().decode())
-        request_id_var.set(request_id)  # for any log line written while handling it
         # W3C trace context: the client's traceparent passes through unchanged; without
         # one the sidecar starts a trace so that the application's tracer can join it.
-        traceparent = request.traceparent
+        traceparent: str | bytes | None = request.traceparent
         if traceparent is None:
-            started = new_traceparent(self.trace_sampled)
-            request.added_fields = b"traceparent: " + started + b"\r\n"
-            trace_id_var.set(started[3:35].decode())  # ours: no need to validate it
-        else:
-            trace_id_var.set(trace_id(traceparent))
+            traceparent = new_traceparent(self.trace_sampled)
+            request.added_fields = b"traceparent: " + traceparent + b"\r\n"
+        request_context.set((request_id, traceparent))  # for any line logged meanwhile
         version = request.version
         route_name = cluster_name = ""
         status = 500
@@ -312,12 +308,26 @@ class Proxy:
             routes = state.routes
             match = routes.match(host_without_port(host) if routes.uses_host else "", method,
                                  target)
-            route_name, cluster_name = match.route.name, match.cluster
-            self._route_limits.check(request, match.route,
-                                     state.config.listener.max_request_body_bytes,
-                                     self._clock())
-            response = await self._forward(request, state, match, request_id.encode(),
-                                           version)
+            route = match.route
+            route_name, cluster_name = route.name, match.cluster
+            if (route.rate_limit is not None or request.content_length is not None
+                    or request.chunked):  # (a request without a body has no body limit)
+                self._route_limits.check(request, route,
+                                         state.config.listener.max_request_body_bytes,
+                                         self._clock())
+            members = self.registry.clusters.get(match.cluster)
+            if members is None:
+                raise NoRoute()
+            policy = state.retry_policy(route, members.settings)
+            body = (await self._request_body(request, policy.config.retry_buffer_bytes)
+                    if request.chunked or request.content_length else _NO_BODY)
+            if route.fallback is None:  # the common case: one cluster answers
+                response = await self._serve(request, match, members, policy, body,
+                                             request_id.encode(), version,
+                                             extra=route.set_fields)
+            else:
+                response = await self._forward(request, state, match, members, policy, body,
+                                               request_id.encode(), version)
             status = getattr(response, "aborted_status", None) or response.status
             return response
         except ProxyError as error:
@@ -332,9 +342,7 @@ class Proxy:
             metrics.active_requests -= 1
             end = self._clock()
             elapsed = end - start
-            stats = metrics.stats(route_name, cluster_name)
-            stats.observe(status, elapsed)
-            stats.rolling.record(end, status < 500, elapsed)  # GetStats
+            metrics.stats(route_name, cluster_name).observe(status, elapsed, end)
             if self.access_log:
                 access_logger.info("request", extra={
                     "request_id": request_id, "client": request.remote,
@@ -343,20 +351,14 @@ class Proxy:
                     "cluster": cluster_name})
 
     async def _forward(self, request: Request, state: DataPlaneState, match: RouteMatch,
+                       members: ClusterMembers, policy: RetryPolicy, body: RequestBody,
                        rid: bytes, version: bytes) -> ProxyResponse:
-        """The route's cluster answers (`_serve`); when it cannot, the route's fallback
-        may (`_fall_back`): the last good answer, another cluster, or a static one."""
-        members = self.registry.clusters.get(match.cluster)
-        if members is None:
-            raise NoRoute()
+        """A route with fallbacks: its cluster answers (`_serve`); when it cannot, the
+        route's fallback may (`_fall_back`): the last good answer, another cluster, or a
+        static one."""
         route = match.route
-        policy = state.retry_policy(route, members.settings)
-        body = (await self._request_body(request, policy.config.retry_buffer_bytes)
-                if request.chunked or request.content_length else _NO_BODY)
         extra = route.set_fields
-        if route.fallback is None:
-            return await self._serve(request, match, members, policy, body, rid, version,
-                                     extra=extra)
+        assert route.fallback is not None
         plan = state.fallback_plan(route)
         cache = self._fallbacks.cache(route)
         key = (route.name, request.host or "", match.target)
@@ -494,6 +496,11 @@ class Proxy:
                         else:
                             hosts.on_success(host)
                         self._attempted(host, now, failure)
+                        if upstream.complete and not (gateway_fallback
+                                                      and status in GATEWAY_STATUSES):
+                            # The usual small answer, all here: no body left to stream.
+                            return self._whole(request, upstream, upstream.body(), rid,
+                                               version, store, extra)
                         return await self._final(request, upstream, host, rid, version,
                                                  cluster_name, gateway_fallback, store, extra)
                     hosts.on_failure(host, failure)
@@ -530,7 +537,7 @@ class Proxy:
                 if not fresh:  # a stale connection's free replay is no retry in GetStats
                     self.metrics.rolling.retry(match.route.name, cluster_name, host.id,
                                                self._clock())
-                    exclude = cast(tuple[Host, ...], plan.tried)
+                    exclude = cast("tuple[Host, ...]", plan.tried)
                 if decision.delay > 0:
                     await asyncio.sleep(decision.delay)
                 now = self._clock()  # a retry: time has passed (the try, the backoff)
@@ -562,7 +569,8 @@ class Proxy:
         saying what went wrong. A `per_try_timeout` bounds the try alone. A try that
         must open a connection waits as one of the cluster's `max_pending`; over
         that limit it is refused at once (`Overflow`)."""
-        pool = cast(UpstreamPool | None, host.pool) or self._pool(host, members.settings)
+        # (A string: `cast(UpstreamPool | None, ...)` would build a union per request.)
+        pool = cast("UpstreamPool | None", host.pool) or self._pool(host, members.settings)
         waiting: _Pending | None = None
         if fresh or pool.idle_count == 0:
             limits = members.hosts.limits

@@ -61,25 +61,25 @@ class Request:
                  "_error", "_discard", "_response", "_received", "_limit_set",
                  "_last_read")
 
-    def __init__(self, conn: Channel, method: str, raw_path: str, version: bytes,
-                 raw_headers: list[tuple[bytes, bytes]], host: str | None,
-                 request_id: str | None, expect_continue: bool,
-                 content_length: int | None, chunked: bool, keep_alive: bool,
-                 remote: str, max_body: int) -> None:
-        self.method = method
-        self.raw_path = raw_path
-        self.version = version
-        self.raw_headers = raw_headers
-        self.host = host
-        self.request_id = request_id
+    method: str
+    raw_path: str
+    version: bytes
+    keep_alive: bool
+
+    def __init__(self, conn: Channel, remote: str, max_body: int, now: float) -> None:
+        """A request whose head is still being parsed: the listener sets the fields it
+        meets as llhttp reports them, and method, raw_path, version and keep_alive when
+        the head is complete, before anyone else sees the request."""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.host: str | None = None
+        self.request_id: str | None = None
         #: The client's W3C traceparent (None: absent); see `added_fields`.
         self.traceparent: str | None = None
         #: Header lines the proxy adds to the upstream request (a traceparent it starts).
         self.added_fields = b""
-        self.expect_continue = expect_continue
-        self.content_length = content_length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
+        self.expect_continue = False
+        self.content_length: int | None = None
+        self.chunked = False
         self.remote = remote
         #: The whole body has been received (and parsed).
         self.complete = False
@@ -87,7 +87,7 @@ class Request:
         self.max_body = max_body
         self._received = 0  # body bytes received so far
         self._limit_set = False  # max_body is final: enforce it as bytes arrive
-        self._last_read = conn.loop.time()  # when body bytes last arrived (or could)
+        self._last_read = now  # when body bytes last arrived (or could)
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._buffered = 0

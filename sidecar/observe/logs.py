@@ -1,7 +1,7 @@
 """Structured JSON logs on stderr, one object per line.
 
 Fields: `time` (RFC 3339, UTC), `level`, `logger`, `message`, the request id when
-a log call happens inside a request (`request_id`, from a contextvar), and any
+a log call happens inside a request (`request_id` and `trace_id`, from a contextvar), and any
 `extra={...}` the call passed. Nothing is logged per request by default: the
 access log is opt-in (`logging.access_log`).
 
@@ -22,17 +22,20 @@ import sys
 import time
 from typing import Any, TextIO
 
+from sidecar.core.headers import trace_id
+
 __all__ = ["LIBRARY_LEVEL_ENV", "OWN_LOGGERS", "JsonFormatter", "access_logger",
-           "request_id_var", "set_level", "setup_logging", "trace_id_var"]
+           "request_context", "set_level", "setup_logging"]
 
 OWN_LOGGERS = ("sidecar", "admin")  # take the configured level; everything else: WARNING
 LIBRARY_LEVEL_ENV = "SIDECAR_LIBRARY_LOG_LEVEL"
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_id", default=None)
-#: The W3C trace id of the request being handled, logged beside the request id.
-trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "trace_id", default=None)
+#: The request being handled, for every line logged meanwhile: its request id and its
+#: W3C traceparent (the client's, or the one the sidecar started; None: neither). One
+#: variable set once per request; the trace id is read out of the traceparent only
+#: when a line is actually logged.
+request_context: contextvars.ContextVar[tuple[str, str | bytes | None] | None] = (
+    contextvars.ContextVar("request_context", default=None))
 access_logger = logging.getLogger("sidecar.access")
 
 # Attributes every LogRecord has; anything else came from `extra=` and is logged.
@@ -48,10 +51,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = request_id_var.get()
-        if request_id is not None:
+        context = request_context.get()
+        if context is not None:
+            request_id, traceparent = context
             entry["request_id"] = request_id
-            trace = trace_id_var.get()
+            if isinstance(traceparent, bytes):
+                traceparent = traceparent.decode("latin-1")
+            trace = trace_id(traceparent)
             if trace is not None:
                 entry["trace_id"] = trace
         for key, value in vars(record).items():

@@ -85,10 +85,15 @@ class RequestStats:
         #: reaches it with the lookup it makes anyway (`Metrics.stats`).
         self.rolling = rolling if rolling is not None else Window()
 
-    def observe(self, status: int, seconds: float) -> None:
+    def observe(self, status: int, seconds: float, now: float | None = None) -> None:
+        """A request ended with `status` after `seconds`; given `now` (when it ended),
+        it goes into the rolling window too (a 5xx is a failure there): one call for
+        both on the hot path."""
         self.codes[status // 100 if 100 <= status < 600 else 5] += 1
         self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.total_seconds += seconds
+        if now is not None:
+            self.rolling.record(now, status < 500, seconds)
 
 
 class CheckCounters(Protocol):

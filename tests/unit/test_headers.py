@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.core import headers
 from sidecar.core.headers import (
     HOP_BY_HOP,
     VIA_PSEUDONYM,
@@ -15,6 +16,7 @@ from sidecar.core.headers import (
     build_response_head,
     connection_tokens,
     new_request_id,
+    new_traceparent,
     valid_request_id,
 )
 
@@ -364,3 +366,27 @@ def test_connection_tokens_are_lower_case_trimmed_and_deduplicated() -> None:
     assert connection_tokens([b"Keep-Alive, X-Foo", b" x-foo ,, Upgrade ", b""]) == frozenset(
         {b"keep-alive", b"x-foo", b"upgrade"})
     assert connection_tokens([]) == frozenset()
+
+
+def test_new_traceparent_is_a_valid_w3c_traceparent() -> None:
+    started = {new_traceparent(False) for _ in range(200)}
+    assert len(started) == 200
+    for value in started:
+        assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-00", value)
+        assert headers.trace_id(value.decode()) == value[3:35].decode()
+    assert new_traceparent(True).endswith(b"-01")
+
+
+@pytest.mark.parametrize("random_bytes", [
+    bytes(24),                   # both ids all zero
+    bytes(16) + b"\x01" * 8,     # the trace id
+    b"\x01" * 16 + bytes(8),     # the parent id
+    b"\x01" * 7 + bytes(9) + b"\x02" * 8,  # zeros inside an id are fine
+])
+def test_new_traceparent_never_has_an_all_zero_id(
+        monkeypatch: pytest.MonkeyPatch, random_bytes: bytes) -> None:
+    monkeypatch.setattr(headers, "_randbytes", lambda n: random_bytes[:n])
+    value = new_traceparent(False).decode()
+    assert headers.trace_id(value) is not None
+    assert value[3:35] == random_bytes[:16].hex() or random_bytes[:16] == bytes(16)
+    assert value[36:52] == random_bytes[16:].hex() or random_bytes[16:] == bytes(8)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar.observe.logs import LIBRARY_LEVEL_ENV, set_level, setup_logging
+from sidecar.observe.logs import LIBRARY_LEVEL_ENV, request_context, set_level, setup_logging
 
 LIBRARIES = ("grpc._cython.cygrpc", "asyncio", "aiohttp.access", "watchfiles.main", "urllib3")
 
@@ -91,3 +91,26 @@ def test_grpc_core_verbosity_defaults_to_errors(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")  # the operator's choice stands
     capture("debug")
     assert os.environ["GRPC_VERBOSITY"] == "DEBUG"
+
+
+@pytest.mark.parametrize(("traceparent", "trace"), [
+    (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",  # one the sidecar started
+     "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # the client's
+     "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ("00-" + "0" * 32 + "-00f067aa0ba902b7-01", None),  # invalid: no trace id logged
+    (None, None),
+])
+def test_a_line_logged_during_a_request_carries_its_ids(
+        traceparent: str | bytes | None, trace: str | None) -> None:
+    stream = capture("info")
+    token = request_context.set(("rid-1", traceparent))
+    try:
+        logging.getLogger("sidecar.test").info("inside")
+    finally:
+        request_context.reset(token)
+    logging.getLogger("sidecar.test").info("outside")
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inside["request_id"] == "rid-1"
+    assert inside.get("trace_id") == trace
+    assert "request_id" not in outside and "trace_id" not in outside
