@@ -275,16 +275,17 @@ class Proxy:
         start = self._clock()
         metrics = self.metrics
         metrics.active_requests += 1
+        # The request id as bytes for the heads; decoded only for a log line or an error.
         incoming_id = request.request_id
-        request_id = (incoming_id if incoming_id is not None and valid_request_id(incoming_id)
-                      else new_request_id().decode())
+        rid = (incoming_id.encode() if incoming_id is not None and valid_request_id(incoming_id)
+               else new_request_id())
         # W3C trace context: the client's traceparent passes through unchanged; without
         # one the sidecar starts a trace so that the application's tracer can join it.
         traceparent: str | bytes | None = request.traceparent
         if traceparent is None:
             traceparent = new_traceparent(self.trace_sampled)
             request.added_fields = b"traceparent: " + traceparent + b"\r\n"
-        request_context.set((request_id, traceparent))  # for any line logged meanwhile
+        request_context.set((rid, traceparent))  # for any line logged meanwhile
         version = request.version
         route_name = cluster_name = ""
         status = 500
@@ -322,19 +323,18 @@ class Proxy:
             body = (await self._request_body(request, policy.config.retry_buffer_bytes)
                     if request.chunked or request.content_length else _NO_BODY)
             if route.fallback is None:  # the common case: one cluster answers
-                response = await self._serve(request, match, members, policy, body,
-                                             request_id.encode(), version,
-                                             extra=route.set_fields)
+                response = await self._serve(request, match, members, policy, body, rid,
+                                             version, extra=route.set_fields)
             else:
                 response = await self._forward(request, state, match, members, policy, body,
-                                               request_id.encode(), version)
-            status = getattr(response, "aborted_status", None) or response.status
+                                               rid, version)
+            status = response.aborted_status or response.status
             return response
         except ProxyError as error:
             status = error.status
             keep_alive = (request.keep_alive
                           and not isinstance(error, BadRequest) and request.method != "CONNECT")
-            return error_response(error, request_id, version, keep_alive=keep_alive)
+            return error_response(error, rid.decode(), version, keep_alive=keep_alive)
         except asyncio.CancelledError:
             status = 499  # the client went away while we waited on the upstream
             raise
@@ -345,7 +345,7 @@ class Proxy:
             metrics.stats(route_name, cluster_name).observe(status, elapsed, end)
             if self.access_log:
                 access_logger.info("request", extra={
-                    "request_id": request_id, "client": request.remote,
+                    "request_id": rid.decode(), "client": request.remote,
                     "method": request.method, "path": request.raw_path, "status": status,
                     "duration_seconds": round(elapsed, 6), "route": route_name,
                     "cluster": cluster_name})

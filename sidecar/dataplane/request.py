@@ -11,7 +11,6 @@ listener's `_Connection`, which parses, schedules and writes.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -89,7 +88,7 @@ class Request:
         self._limit_set = False  # max_body is final: enforce it as bytes arrive
         self._last_read = now  # when body bytes last arrived (or could)
         self._conn = conn
-        self._chunks: deque[bytes] = deque()
+        self._chunks: list[bytes] = []  # taken whole, never popped one by one
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None

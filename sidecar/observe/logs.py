@@ -34,7 +34,7 @@ LIBRARY_LEVEL_ENV = "SIDECAR_LIBRARY_LOG_LEVEL"
 #: W3C traceparent (the client's, or the one the sidecar started; None: neither). One
 #: variable set once per request; the trace id is read out of the traceparent only
 #: when a line is actually logged.
-request_context: contextvars.ContextVar[tuple[str, str | bytes | None] | None] = (
+request_context: contextvars.ContextVar[tuple[bytes, str | bytes | None] | None] = (
     contextvars.ContextVar("request_context", default=None))
 access_logger = logging.getLogger("sidecar.access")
 
@@ -54,7 +54,7 @@ class JsonFormatter(logging.Formatter):
         context = request_context.get()
         if context is not None:
             request_id, traceparent = context
-            entry["request_id"] = request_id
+            entry["request_id"] = request_id.decode("latin-1")
             if isinstance(traceparent, bytes):
                 traceparent = traceparent.decode("latin-1")
             trace = trace_id(traceparent)

@@ -104,7 +104,7 @@ def test_grpc_core_verbosity_defaults_to_errors(monkeypatch: pytest.MonkeyPatch)
 def test_a_line_logged_during_a_request_carries_its_ids(
         traceparent: str | bytes | None, trace: str | None) -> None:
     stream = capture("info")
-    token = request_context.set(("rid-1", traceparent))
+    token = request_context.set((b"rid-1", traceparent))
     try:
         logging.getLogger("sidecar.test").info("inside")
     finally:
