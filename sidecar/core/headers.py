@@ -74,7 +74,10 @@ def new_traceparent(sampled: bool) -> bytes:
     and the sampled flag as configured (off by default: the application decides)."""
     # 24 random bytes as hex, a dash before the last 8: trace id, then parent id.
     ids = _hexlify(_randbytes(24), b"-", -16)
-    if _ZEROS in ids:  # one scan; rare (2^-60), then check that no id is all zero
+    # One scan, rarely true (2^-60); then make sure that no id is all zero. (find, not
+    # `in`: bytes.__contains__ tries the operand as an int first, and that failure
+    # costs more than the scan.)
+    if ids.find(_ZEROS) >= 0:
         ids = b"%032x-%016x" % (int(ids[:32], 16) or 1, int(ids[33:], 16) or 1)
     return b"00-" + ids + (b"-01" if sampled else b"-00")
 
