@@ -79,9 +79,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _requests(port: int, path: str, count: int, deadline: float) -> None:
-    """`count` requests over one keep-alive connection (reconnecting if it closes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=max(1.0, deadline))
+def _requests(port: int, path: str, count: int, timeout: float) -> None:
+    """`count` requests over one keep-alive connection (http.client reconnects if the
+    sidecar closes it); `timeout` bounds each socket operation."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     for _ in range(count):
         conn.request("GET", path)
         response = conn.getresponse()

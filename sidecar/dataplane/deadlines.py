@@ -43,7 +43,7 @@ class DeadlineWheel:
         task = asyncio.current_task(self._loop)
         assert task is not None
         now = self._loop.time()
-        key = int((now + timeout) / self._tick) + 1  # (ceil() but a call cheaper; >= it)
+        key = math.ceil((now + timeout) / self._tick)
         deadline = Deadline(task, key)
         bucket = self._buckets.get(key)
         if bucket is None:

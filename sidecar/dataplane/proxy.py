@@ -311,11 +311,9 @@ class Proxy:
                                  target)
             route = match.route
             route_name, cluster_name = route.name, match.cluster
-            if (route.rate_limit is not None or request.content_length is not None
-                    or request.chunked):  # (a request without a body has no body limit)
-                self._route_limits.check(request, route,
-                                         state.config.listener.max_request_body_bytes,
-                                         self._clock())
+            self._route_limits.check(request, route,
+                                     state.config.listener.max_request_body_bytes,
+                                     self._clock())
             members = self.registry.clusters.get(match.cluster)
             if members is None:
                 raise NoRoute()
@@ -496,13 +494,9 @@ class Proxy:
                         else:
                             hosts.on_success(host)
                         self._attempted(host, now, failure)
-                        if upstream.complete and not (gateway_fallback
-                                                      and status in GATEWAY_STATUSES):
-                            # The usual small answer, all here: no body left to stream.
-                            return self._whole(request, upstream, upstream.body(), rid,
-                                               version, store, extra)
-                        return await self._final(request, upstream, host, rid, version,
-                                                 cluster_name, gateway_fallback, store, extra)
+                        return await self._respond_upstream(request, upstream, host, rid,
+                                                            version, cluster_name, store,
+                                                            extra, gateway_fallback)
                     hosts.on_failure(host, failure)
                     self._attempted(host, now, failure)
                     if plan is None:
@@ -511,8 +505,9 @@ class Proxy:
                                            endpoint=host, active_requests=limits.active)
                     if not decision.retry:
                         self._note_refusal(cluster_name, decision, failure)
-                        return await self._final(request, upstream, host, rid, version,
-                                                 cluster_name, gateway_fallback, store, extra)
+                        return await self._respond_upstream(request, upstream, host, rid,
+                                                            version, cluster_name, store,
+                                                            extra, gateway_fallback)
                     upstream.abort()  # a retriable failure: its body is not wanted
                 else:
                     if kind != STALE:
@@ -633,20 +628,16 @@ class Proxy:
         if decision.reason == NoRetry.BUDGET_EXHAUSTED:
             self.metrics.retry_refused(cluster, failure)
 
-    async def _final(self, request: Request, upstream: UpstreamResponse, host: Host,
-                     rid: bytes, version: bytes, cluster_name: str, gateway_fallback: bool,
-                     store: Callable[[UpstreamResponse, bytes], None] | None,
-                     extra: bytes) -> ProxyResponse:
-        """The answer that stands: sent, unless a fallback may replace a gateway error."""
-        if gateway_fallback and upstream.status in GATEWAY_STATUSES:
-            raise _GatewayAnswer(upstream, host)
-        return await self._respond_upstream(request, upstream, host, rid, version,
-                                            cluster_name, store, extra)
-
     async def _respond_upstream(self, request: Request, upstream: UpstreamResponse,
                                 host: Host, rid: bytes, version: bytes, cluster_name: str,
                                 store: Callable[[UpstreamResponse, bytes], None] | None = None,
-                                extra: bytes = b"") -> ProxyResponse:
+                                extra: bytes = b"", gateway_fallback: bool = False
+                                ) -> ProxyResponse:
+        """The answer that stands, sent whole if it has all arrived, else streamed.
+        `gateway_fallback`: a 502/503/504 is raised as `_GatewayAnswer` instead (held,
+        not sent), so that a fallback may answer in its place."""
+        if gateway_fallback and upstream.status in GATEWAY_STATUSES:
+            raise _GatewayAnswer(upstream, host)
         host.active_requests += 1  # the body is still flowing from this host
         try:
             if upstream.complete:  # the usual small response, already all here

@@ -42,6 +42,8 @@ class RouteLimits:
             if not decision.allowed:
                 raise RateLimited(decision.retry_after, decision.limit, decision.remaining,
                                   decision.reset)
+        if request.content_length is None and not request.chunked:
+            return  # no body (RFC 9112 6.3), so no body limit to apply
         limit = route.max_request_body_bytes
         if limit is None:
             limit = default_body_limit

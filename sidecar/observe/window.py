@@ -100,7 +100,7 @@ def slots_for(window_seconds: float) -> int:
 class _Slot:
     """What one key counted during one slot."""
 
-    __slots__ = ("epoch", "requests", "successes", "retries", "trips", "latency")
+    __slots__ = ("epoch", "requests", "successes", "retries", "trips", "histogram")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -109,12 +109,12 @@ class _Slot:
         self.retries = 0
         self.trips = 0
         #: Counts per latency bucket; None until the slot gets a latency.
-        self.latency: array[int] | None = None
+        self.histogram: array[int] | None = None
 
     def reset(self, epoch: int) -> None:
         self.epoch = epoch
         self.requests = self.successes = self.retries = self.trips = 0
-        self.latency = None
+        self.histogram = None
 
 
 class Totals:
@@ -137,7 +137,8 @@ class Totals:
         else:
             merged[:] = map(add, merged, counts)
 
-    def add(self, other: Totals) -> None:
+    def add(self, other: Totals | _Slot) -> None:
+        """Add another sum, or one slot of a window."""
         self.requests += other.requests
         self.successes += other.successes
         self.retries += other.retries
@@ -212,9 +213,9 @@ class Window:
         slot.requests += 1
         if ok:
             slot.successes += 1
-        latency = slot.latency
+        latency = slot.histogram
         if latency is None:
-            latency = slot.latency = array("I", _EMPTY_HISTOGRAM)
+            latency = slot.histogram = array("I", _EMPTY_HISTOGRAM)
         latency[bisect_left(BOUNDS, seconds)] += 1
 
     def retry(self, now: float) -> None:
@@ -231,12 +232,7 @@ class Window:
             return  # nothing recorded in the window: skip the ring
         for slot in self._ring:
             if slot is not None and oldest < slot.epoch <= current:
-                totals.requests += slot.requests
-                totals.successes += slot.successes
-                totals.retries += slot.retries
-                totals.trips += slot.trips
-                if slot.latency is not None:
-                    totals.add_histogram(slot.latency)
+                totals.add(slot)
 
     def totals(self, now: float, slots: int) -> Totals:
         totals = Totals()
@@ -250,7 +246,7 @@ class Window:
     def allocated(self) -> tuple[int, int]:
         """(slots, histograms) allocated: at most (SLOTS, SLOTS), whatever the history."""
         slots = [slot for slot in self._ring if slot is not None]
-        return len(slots), sum(1 for slot in slots if slot.latency is not None)
+        return len(slots), sum(1 for slot in slots if slot.histogram is not None)
 
 
 _Key = TypeVar("_Key", bound=Hashable)
