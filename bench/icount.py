@@ -11,6 +11,7 @@ go side by side:
     .venv/bin/python bench/icount.py                    # this checkout, small bodies
     .venv/bin/python bench/icount.py --body 64k -n 1000
     .venv/bin/python bench/icount.py --tree /tmp/other  # another checkout, same venv
+    .venv/bin/python bench/icount.py --keep /tmp/cg.out # then: callgrind_annotate /tmp/cg.out
 
 Caveats: instructions are not time (a cache miss or a system call costs more than
 its instruction count says), and work driven by the clock (timers, health checks)
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("-n", "--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--config", type=Path, help="default: TREE/bench/sidecar.jsonnet")
+    parser.add_argument("--keep", type=Path, metavar="FILE",
+                        help="also save the callgrind dump of the counted requests there "
+                             "(read it with callgrind_annotate)")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -158,6 +162,8 @@ def main() -> None:
                 found = re.search(r"^summary:\s+(\d+)", text, re.MULTILINE)
                 if found:
                     per_request = int(found.group(1)) / args.requests
+                    if args.keep is not None:
+                        shutil.copyfile(dump, args.keep)
                     print(f"{tree.name} {args.body}: {per_request:,.0f} instructions/request "
                           f"({args.requests} requests)")
                     return

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests use, once: Debian's jsonnet (the stock CLI
 # that CI renders configs with), promtool (package prometheus), and chromium with
-# chromium-driver (the status page's browser tests drive them through selenium).
+# chromium-driver (the status page's browser tests drive them through selenium), and
+# a C compiler with the Python headers (scripts/build_native.py compiles the data path).
 # Idempotent. The tests skip the browser, saying so, only where it cannot be installed.
 set -euo pipefail
 missing=()
 command -v jsonnet >/dev/null 2>&1 || missing+=(jsonnet)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+"${PYTHON:-python3}" -c 'import os, sysconfig, sys
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || missing+=(python3-dev)
 browser=()
 command -v chromium >/dev/null 2>&1 || browser+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || browser+=(chromium-driver)

@@ -28,13 +28,16 @@ __all__ = ["build_parser", "check_run_flags", "main", "parse_args", "parse_key_v
 MAX_TIMEOUT = 86_400.0  # the config model's bound on a duration
 
 
-def _version() -> str:
-    from importlib import metadata
+class _VersionAction(argparse.Action):
+    """`--version`: worked out only when asked (it imports the data path's modules to
+    see whether they load compiled)."""
 
-    try:
-        return metadata.version("sidecar-gateway")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from sidecar.compiled import state, version
+
+        print(f"{parser.prog} {version()} (data path: {state()})")
+        parser.exit()
 
 
 def parse_key_value(value: str) -> tuple[str, str]:
@@ -54,7 +57,8 @@ def _add_ext(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="HTTP sidecar gateway.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="show the version, and whether the data path is compiled")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,6 +23,12 @@ EXEMPT = {"clock.py": {"time"}}
 # What the core may import from the sidecar itself.
 CORE_MAY_IMPORT = ("sidecar.core", "sidecar.config.model", "sidecar.config.types",
                    "sidecar.config.resilience", "sidecar.errors")
+
+
+def source_file(module: ModuleType) -> Path:
+    """The .py file of `module`, also when it was loaded from its compiled extension
+    (`sidecar.compiled`)."""
+    return ROOT.joinpath(*module.__name__.split(".")).with_suffix(".py")
 
 
 def _imports(path: Path) -> list[str]:

@@ -386,7 +386,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Check before pulling each chunk: a final response already (e.g. 413) or a
             # dead connection stops the upload, without reading more from the caller's
             # source; the connection is then not reused (body incomplete).
-            while self._resp is None and not transport.is_closing():
+            while not self._answered() and not transport.is_closing():
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
@@ -401,7 +401,7 @@ class UpstreamConnection(asyncio.Protocol):
                     transport.write(b"%x\r\n" % len(chunk))
                     transport.write(chunk)
                     transport.write(b"\r\n")
-                while self._write_paused and self._resp is None and self._state != CLOSED:
+                while self._write_paused and not self._answered() and self._state != CLOSED:
                     await self.wait()
             else:
                 return  # stopped early (the loop condition failed, no break)
@@ -411,6 +411,11 @@ class UpstreamConnection(asyncio.Protocol):
         if chunked and not transport.is_closing():
             transport.write(b"0\r\n\r\n")
         self._body_sent = True
+
+    def _answered(self) -> bool:
+        # A method, not `self._resp is None` inline: mypy narrows an attribute across an
+        # `await`, and mypyc compiles the narrowed type into a check that then fails.
+        return self._resp is not None
 
     async def wait(self) -> None:
         """Sleep until data, a state change or writability; cancellation kills the conn."""

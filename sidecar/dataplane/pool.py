@@ -176,7 +176,9 @@ class UpstreamPool:
                     lambda: UpstreamConnection(self, loop), address.host, address.port,
                     ssl=self._ssl, server_hostname=self._server_name if self._ssl else None)
         except OSError as exc:  # refused, unreachable, DNS, TLS (SSLError), TimeoutError
-            raise UpstreamConnectError() from exc
+            error = UpstreamConnectError()
+            error.__cause__ = exc  # also by hand: compiled, `from` loses it in a coroutine
+            raise error from exc
         conn.in_use = True
         self._active += 1
         return conn

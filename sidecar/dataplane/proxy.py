@@ -579,12 +579,11 @@ class Proxy:
             return await pool.request(head, body, chunked=request.chunked,
                                       head_request=head_request, fresh=fresh,
                                       connected=waiting)
-        except StaleConnection as exc:
-            raise _AttemptFailed(STALE, exc) from None
-        except UpstreamConnectError as exc:
-            raise _AttemptFailed(CONNECT_FAILURE, exc) from None
-        except (UpstreamReset, UpstreamProtocolError) as exc:
-            raise _AttemptFailed(RESET, exc) from None
+        except (UpstreamConnectError, UpstreamReset, UpstreamProtocolError) as exc:
+            # (One clause: mypyc types a name bound by several clauses by the first.)
+            kind = (STALE if isinstance(exc, StaleConnection)
+                    else CONNECT_FAILURE if isinstance(exc, UpstreamConnectError) else RESET)
+            raise _AttemptFailed(kind, exc) from None
         except asyncio.CancelledError:
             if (try_deadline is not None and try_deadline.expired
                     and try_deadline.task.uncancel() == 0):

@@ -36,13 +36,15 @@ or ever (every result appears, 0 until seen):
   timeout, error (`sidecar.dataplane.checker.RESULTS`).
 * `health_check_duration_seconds{cluster}`: summary (`_sum`, `_count`) of check latency.
 
-And `config_loads_total{result}`, `config_last_load_timestamp_seconds`, and
+And `build_info{version,data_path}` (data_path: compiled, interpreted or mixed;
+`sidecar.compiled`), `config_loads_total{result}`, `config_last_load_timestamp_seconds`, and
 `config_load_failures_total{reason}`: configurations a reload rejected, by the stage
 that failed (io, render, validate: `CONFIG_FAILURE_REASONS`, each 0 until seen).
 """
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
@@ -71,6 +73,14 @@ _CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 #: configuration failed (`sidecar.reload.LOAD_STAGES`).
 CONFIG_FAILURE_REASONS = ("io", "render", "validate")
 
+
+
+@functools.cache
+def _build_labels() -> tuple[str, str]:
+    """(version, data path) of the running build: found once, on the first scrape."""
+    from sidecar.compiled import state, version
+
+    return version(), state()
 
 class RequestStats:
     """Counters of one (route, cluster) pair, and its rolling window (GetStats)."""
@@ -236,6 +246,11 @@ class Metrics(Collector):
         yield GaugeMetricFamily("sidecar_config_last_load_timestamp_seconds",
                                 "When the serving configuration was loaded (Unix time).",
                                 value=self.config_last_load)
+        build = GaugeMetricFamily("sidecar_build_info", "The running build; value is always "
+                                  "1. data_path: compiled (mypyc), interpreted or mixed.",
+                                  labels=["version", "data_path"])
+        build.add_metric(list(_build_labels()), 1)
+        yield build
         if self.registry is not None:
             yield from self._collect_registry(self.registry)
         if self.checker is not None:

@@ -48,6 +48,7 @@ FAMILIES: dict[str, tuple[str, set[str]]] = {
     "sidecar_config_loads": ("counter", {"result"}),
     "sidecar_config_load_failures": ("counter", {"reason"}),
     "sidecar_config_last_load_timestamp_seconds": ("gauge", set()),
+    "sidecar_build_info": ("gauge", {"version", "data_path"}),
     "sidecar_endpoints": ("gauge", {"cluster", "status"}),
     "sidecar_breaker_state": ("gauge", {"cluster", "endpoint", "state"}),
     "sidecar_panic_mode": ("gauge", {"cluster"}),

@@ -77,6 +77,7 @@ def test_empty_metrics_expose_every_family() -> None:
         "sidecar_config_loads_total": "counter",
         "sidecar_config_load_failures_total": "counter",
         "sidecar_config_last_load_timestamp_seconds": "gauge",
+        "sidecar_build_info": "gauge",
     }
     found = samples(text)
     assert named(found, "sidecar_requests_total") == {}

@@ -346,9 +346,11 @@ async def test_abort_marks_unfinished_response_as_reset() -> None:
     assert not resp.complete and conn._state == CLOSED
 
 
-def test_framing_properties() -> None:
+async def test_framing_properties() -> None:
+    conn, _, _ = connect()
+
     def resp(*headers: tuple[bytes, bytes]) -> UpstreamResponse:
-        return UpstreamResponse(200, b"", list(headers), True, None)  # type: ignore[arg-type]
+        return UpstreamResponse(200, b"", list(headers), True, conn)
 
     assert resp((b"content-LENGTH", b"12")).content_length == 12
     assert resp((b"Transfer-Encoding", b"gzip, Chunked ")).chunked
