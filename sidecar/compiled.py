@@ -2,11 +2,11 @@
 run compiled (mypyc) or interpreted.
 
 `MODULES` is the one list of modules that `scripts/build_native.py` compiles: the
-ones every request runs through (pure decisions in `core`, the listener, the proxy
-and the upstream pool, the metrics they update). They are ordinary Python; compiled
-or not, they behave the same, and the test suite runs against either. Modules with
-async generators (`dataplane.request`, `dataplane.body`) are not on the list:
-mypyc does not compile those.
+ones every request runs through (pure decisions in `core`, the listener, the request,
+the proxy and the upstream pool, the metrics they update). They are ordinary Python;
+compiled or not, they behave the same, and the test suite runs against either. They
+have no async generators (mypyc does not compile those): an async iterator is a
+class with `__anext__` there.
 
 `stale()` looks at files only; `state()` imports the modules to see how they load.
 `SIDECAR_INTERPRETED=1` in the environment makes `sidecar` load the sources even
@@ -46,11 +46,13 @@ MODULES: tuple[str, ...] = (
     "sidecar.core.ratelimit",
     "sidecar.core.retry",
     "sidecar.core.routing",
+    "sidecar.dataplane.body",
     "sidecar.dataplane.connection",
     "sidecar.dataplane.deadlines",
     "sidecar.dataplane.listener",
     "sidecar.dataplane.pool",
     "sidecar.dataplane.proxy",
+    "sidecar.dataplane.request",
     "sidecar.dataplane.response",
     "sidecar.dataplane.route_limits",
     "sidecar.observe.metrics",

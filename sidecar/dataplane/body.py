@@ -55,20 +55,41 @@ class RequestBody:
         chunks and the rest of the stream."""
         if self._source is None:
             return self._whole
-        return self._stream()
+        return _TryBody(self, self._source)
 
-    async def _stream(self) -> AsyncIterator[bytes]:
-        for chunk in tuple(self._kept):  # a repeat: what earlier tries sent
-            yield chunk
-        source = self._source
-        assert source is not None
-        async for chunk in source:
-            if self.state is not BodyReplay.LOST:
-                self._kept_bytes += len(chunk)
-                if self._kept_bytes <= self._keep:
-                    self._kept.append(chunk)
-                    self.state = BodyReplay.KEPT
-                else:
-                    self._kept.clear()  # past the limit: keeping the rest is pointless
-                    self.state = BodyReplay.LOST
-            yield chunk
+    def _sent(self, chunk: bytes) -> None:
+        """A chunk of the client's stream went to a try: keep it for a repeat while the
+        total stays within `keep_bytes`."""
+        if self.state is not BodyReplay.LOST:
+            self._kept_bytes += len(chunk)
+            if self._kept_bytes <= self._keep:
+                self._kept.append(chunk)
+                self.state = BodyReplay.KEPT
+            else:
+                self._kept.clear()  # past the limit: keeping the rest is pointless
+                self.state = BodyReplay.LOST
+
+
+class _TryBody:
+    """One try's body: the chunks earlier tries sent, then the client's stream from
+    where they left it. (A class, not an async generator: mypyc compiles classes.)"""
+
+    __slots__ = ("_body", "_repeat", "_next", "_source")
+
+    def __init__(self, body: RequestBody, source: AsyncIterator[bytes]) -> None:
+        self._body = body
+        self._repeat = tuple(body._kept)  # a repeat: what earlier tries sent
+        self._next = 0
+        self._source = source.__aiter__()
+
+    def __aiter__(self) -> _TryBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        index = self._next
+        if index < len(self._repeat):
+            self._next = index + 1
+            return self._repeat[index]
+        chunk = await self._source.__anext__()  # StopAsyncIteration at the end
+        self._body._sent(chunk)
+        return chunk

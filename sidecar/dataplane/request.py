@@ -134,21 +134,11 @@ class Request:
         self._taken()
         return data
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    def stream(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in the pieces it arrives in."""
         if not self._limit_set:
             self._check_limit()
-        chunks = self._chunks
-        while True:
-            if chunks:
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._taken()
-                yield data
-            elif self.complete:
-                return
-            else:
-                await self._wait()
+        return _BodyStream(self)
 
     def send_continue(self) -> None:
         """`100 Continue`, if the client asked for it and still waits (never to an
@@ -162,15 +152,20 @@ class Request:
                 transport.write(_CONTINUE)
 
     async def _wait(self) -> None:
-        if self._error is not None:
-            raise self._error
+        self._raise_error()
         waiter = self._waiter = self._conn.loop.create_future()
         try:
             await waiter
         finally:
             self._waiter = None
-        if self._error is not None:
-            raise self._error
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        # A method, not `if self._error is not None` before and after the `await`: mypy
+        # would narrow the attribute to None across it, and mypyc compile that in.
+        error = self._error
+        if error is not None:
+            raise error
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -208,6 +203,32 @@ class Request:
     def abort(self) -> None:
         """Cut the client connection: a started response cannot end honestly."""
         self._conn.abort()
+
+
+class _BodyStream:
+    """`Request.stream()`: the body's pieces as they arrive. (A class, not an async
+    generator: mypyc compiles classes.)"""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def __aiter__(self) -> _BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        request = self._request
+        chunks = request._chunks
+        while True:
+            if chunks:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                request._taken()
+                return data
+            if request.complete:
+                raise StopAsyncIteration
+            await request._wait()
 
 
 def absolute_form(request: Request, target: str) -> tuple[str, str]:
