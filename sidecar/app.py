@@ -33,6 +33,7 @@ from aiohttp import web
 
 from admin.http import make_admin_app
 from admin.recent import RecentEvents
+from sidecar.compiled import state as compiled_state
 from sidecar.config.model import SidecarConfig, config_version
 from sidecar.core.addresses import parse_host_port
 from sidecar.core.routing import RouteMatch
@@ -145,7 +146,8 @@ class Sidecar:
                                            "admin_grpc": self.ports["admin_grpc"],
                                            "admin_http": self.ports["admin_http"],
                                            "config_version": self._version()[:12],
-                                           "config_source": self.source.name})
+                                           "config_source": self.source.name,
+                                           "data_path": compiled_state()})
 
     def _set_state(self, state: str, reason: str) -> None:
         """The one place the lifecycle state changes: set it, log it, publish it."""

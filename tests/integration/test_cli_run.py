@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from sidecar.cli import build_parser, main, run_from_args
+from sidecar.compiled import state as compiled_state
 
 from .conftest import Gate, url_of
 
@@ -62,6 +63,8 @@ async def run_sidecar() -> AsyncIterator[Any]:
         sidecar = SidecarProcess(proc)
         serving = await sidecar.log_line("sidecar serving")
         sidecar.ports = {k: serving[k] for k in ("listener", "admin_grpc", "admin_http")}
+        if env is None:  # the same files and environment as this process: the same build
+            assert serving["data_path"] == compiled_state()
         return sidecar
 
     yield start
