@@ -24,8 +24,9 @@ import os
 import random
 import re
 from binascii import hexlify as _hexlify
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
+from typing import Final
 
 __all__ = [
     "HOP_BY_HOP",
@@ -39,26 +40,35 @@ __all__ = [
     "valid_request_id",
 ]
 
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
 # Fields the sidecar writes itself on the upstream request.
-_REQUEST_OWNED = HOP_BY_HOP | {
+_REQUEST_OWNED: Final = HOP_BY_HOP | {
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
     b"x-forwarded-host", b"x-request-id", b"via",
 }
 # Fields the sidecar writes itself on the downstream response.
-_RESPONSE_OWNED = HOP_BY_HOP | {b"content-length", b"x-request-id", b"via"}
+_RESPONSE_OWNED: Final = HOP_BY_HOP | {b"content-length", b"x-request-id", b"via"}
 
-VIA_PSEUDONYM = b"sidecar"
-_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+VIA_PSEUDONYM: Final = b"sidecar"
+_REQUEST_ID: Final = re.compile(r"[!-~]{1,128}")
 _random = random.Random(os.urandom(16))
-_randbytes = _random.randbytes
-_ZEROS = b"0" * 16
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_CRLF = b"\r\n"
-_SEP = b": "
+_getrandbits = _random.getrandbits
+
+
+def _fast_randbytes(n: int) -> bytes:
+    # What random.Random.randbytes does, without its Python frame (it is not C in 3.11).
+    return _getrandbits(n * 8).to_bytes(n, "little")
+
+
+# A module variable, not a direct call: tests replace it with a fixed source.
+_randbytes: Callable[[int], bytes] = _fast_randbytes
+_ZEROS: Final = b"0" * 16
+_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+_CRLF: Final = b"\r\n"
+_SEP: Final = b": "
 
 
 def new_request_id() -> bytes:
@@ -66,7 +76,8 @@ def new_request_id() -> bytes:
     return _hexlify(_randbytes(16))  # half the cost of b"%032x" % getrandbits(128)
 
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_TRACEPARENT: Final = re.compile(
+    r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 
 
 def new_traceparent(sampled: bool) -> bytes:
@@ -101,7 +112,7 @@ def valid_request_id(value: str | None) -> bool:
     return value is not None and _REQUEST_ID.fullmatch(value) is not None
 
 
-_PERSISTENCE = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
+_PERSISTENCE: Final = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 
 
 def _only_persistence(values: list[bytes]) -> bool:

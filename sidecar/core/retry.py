@@ -64,11 +64,11 @@ RETRIABLE_STATUS_CODES: Final = "retriable_status_codes"
 #: detail, retried once for free (see `AttemptPlan`).
 STALE: Final = "stale"
 
-GATEWAY_STATUSES = frozenset({502, 503, 504})
-_SERVER_STATUSES = frozenset(range(500, 600))
+GATEWAY_STATUSES: Final = frozenset({502, 503, 504})
+_SERVER_STATUSES: Final = frozenset(range(500, 600))
 
 #: RFC 9110 9.2.2: sending one of these twice has the effect of sending it once.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def classify_status(status: int) -> str | None:

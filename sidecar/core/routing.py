@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.config.model import RateLimitConfig, RouteConfig
 from sidecar.config.resilience import FallbackConfig, RetryConfig
@@ -109,11 +110,22 @@ class Route:
         return new + rest
 
 
-@dataclass(frozen=True, slots=True)
 class RouteMatch:
-    route: Route
-    cluster: str
-    target: str  # path and query to send upstream
+    """The route a request matched, the cluster that serves it, and the target (path
+    and query) to send upstream. Made per request: a plain class with final attributes
+    rather than a frozen dataclass, whose `__init__` (generated, setting each field
+    through `object.__setattr__`) stays interpreted where the rest is compiled."""
+
+    __slots__ = ("route", "cluster", "target")
+
+    def __init__(self, route: Route, cluster: str, target: str) -> None:
+        self.route: Final = route
+        self.cluster: Final = cluster
+        self.target: Final = target
+
+    def __repr__(self) -> str:
+        return f"RouteMatch(route={self.route.name!r}, cluster={self.cluster!r}, " \
+               f"target={self.target!r})"
 
 
 def _specificity(route: Route) -> tuple[int, int, int]:

@@ -48,7 +48,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -69,23 +69,23 @@ __all__ = ["BODY_HIGH_WATER", "Listener", "Request", "RequestTimeout"]
 log = logging.getLogger("sidecar.listener")
 
 #: A request body buffered past this pauses reading from the client.
-BODY_HIGH_WATER = 256 * 1024
+BODY_HIGH_WATER: Final = 256 * 1024
 #: ... and reading resumes once the proxy has taken it below this.
-BODY_LOW_WATER = 64 * 1024
+BODY_LOW_WATER: Final = 64 * 1024
 #: After an answer that leaves client bytes unread (a parse error, a body never read),
 #: the connection is half-closed and read (and discarded) this long before it closes:
 #: closing a socket with unread input sends a reset, which can destroy the answer in
 #: the client's receive buffer before the client reads it (nginx's lingering close).
-LINGER_SECONDS = 2.0
-_LAST_CHUNK = b"0\r\n\r\n"
+LINGER_SECONDS: Final = 2.0
+_LAST_CHUNK: Final = b"0\r\n\r\n"
 # A body longer than this is not copied behind its head: head and body go to the
 # transport as two buffers (uvloop sends them with one writev); a shorter one is
 # cheaper to copy than to send as a second buffer.
-_COPY_LIMIT = 16 * 1024
-_CRLF = b"\r\n"
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_COPY_LIMIT: Final = 16 * 1024
+_CRLF: Final = b"\r\n"
+_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
 # Field names the listener looks at, by length (a cheap filter before lower()).
-_WATCHED_LENGTHS = frozenset({4, 6, 11, 12, 17})
+_WATCHED_LENGTHS: Final = frozenset({4, 6, 11, 12, 17})
 Handler = Callable[["Request"], Awaitable[ProxyResponse]]
 
 

@@ -35,7 +35,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
 from sidecar.config.model import ClusterSettings, SidecarConfig
 from sidecar.core.clock import Clock, SystemClock
@@ -107,29 +107,30 @@ from sidecar.registry import ClusterMembers, Registry
 __all__ = ["DataPlaneState", "Proxy"]
 
 # Responses of known length up to this size are gathered and sent in one write.
-BUFFER_RESPONSE_BODY = 256 * 1024
-_UPSTREAM_ERROR_KIND: dict[type[ProxyError], str] = {
+BUFFER_RESPONSE_BODY: Final = 256 * 1024
+_UPSTREAM_ERROR_KIND: Final[dict[type[ProxyError], str]] = {
     UpstreamConnectError: "connect",
     UpstreamReset: "reset",
     UpstreamTimeout: "timeout",
     UpstreamProtocolError: "protocol",
 }
 # Failure kind (sidecar.core.retry) -> the `kind` label of sidecar_upstream_errors_total.
-_ERROR_METRIC_KIND = {CONNECT_FAILURE: "connect", RESET: "reset", TIMEOUT: "timeout",
+_ERROR_METRIC_KIND: Final = {CONNECT_FAILURE: "connect", RESET: "reset", TIMEOUT: "timeout",
                       STALE: "stale"}
-_NO_BODY = RequestBody()
+_NO_BODY: Final = RequestBody()
 # Why a request may get its route's fallback (sidecar.core.fallback), by the error the
 # cluster ended with: it could not serve, or its last try failed to connect or ended
 # in a gateway error (502 for a reset or a malformed answer, 504 for a timeout).
-_FALLBACK_REASONS: dict[type[ProxyError], str] = {
+_FALLBACK_REASONS: Final[dict[type[ProxyError], str]] = {
     NoHealthyEndpoint: NO_HEALTHY_ENDPOINT, Overflow: OVERFLOW,
     UpstreamConnectError: CONNECT_FAILURE, UpstreamReset: GATEWAY_ERROR,
     UpstreamProtocolError: GATEWAY_ERROR, UpstreamTimeout: GATEWAY_ERROR}
-_CHUNKED = b"Transfer-Encoding: chunked\r\n"
-_METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+_METHODS: Final = {m: m.encode()
+                   for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
-_NO_NAMES: frozenset[bytes] = frozenset()
+_NO_NAMES: Final[frozenset[bytes]] = frozenset()
 
 
 @functools.lru_cache(maxsize=256)

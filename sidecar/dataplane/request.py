@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Final, Protocol
 
 from sidecar.dataplane.response import ProxyResponse
 from sidecar.errors import BadRequest, BodyTooLarge
 
 __all__ = ["NO_BODY_STATUSES", "Channel", "Request", "absolute_form"]
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Responses that never have a body, whatever their header says (RFC 9112 6.3).
-NO_BODY_STATUSES = frozenset({204, 304})
+NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class Channel(Protocol):

@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -66,9 +66,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CONFIG_FAILURE_REASONS", "DURATION_BUCKETS", "CheckCounters", "Metrics", "RequestStats"]
 
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    5.0, 10.0, 30.0)
-_CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                           1.0, 2.5, 5.0, 10.0, 30.0)
+_CODE_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 #: The `reason` label values of `sidecar_config_load_failures_total`: where a rejected
 #: configuration failed (`sidecar.reload.LOAD_STAGES`).
 CONFIG_FAILURE_REASONS = ("io", "render", "validate")

@@ -45,7 +45,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Hashable, Iterator
 from operator import add
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 __all__ = [
     "BOUNDS",
@@ -60,9 +60,9 @@ __all__ = [
 ]
 
 #: Seconds per slot, slots in the ring, and the longest window they cover.
-SLOT_SECONDS = 10
-SLOTS = 60
-SPAN_SECONDS = SLOT_SECONDS * SLOTS
+SLOT_SECONDS: Final = 10
+SLOTS: Final = 60
+SPAN_SECONDS: Final = SLOT_SECONDS * SLOTS
 
 _FACTOR = 1.2
 _LOWEST = 50e-6
@@ -77,9 +77,9 @@ def _bounds() -> tuple[float, ...]:
 
 
 #: Upper bounds (seconds) of the latency buckets; one more bucket above the last.
-BOUNDS: tuple[float, ...] = _bounds()
-_BUCKETS = len(BOUNDS) + 1
-_EMPTY_HISTOGRAM = array("I", bytes(4 * _BUCKETS))
+BOUNDS: Final[tuple[float, ...]] = _bounds()
+_BUCKETS: Final = len(BOUNDS) + 1
+_EMPTY_HISTOGRAM: Final = array("I", bytes(4 * _BUCKETS))
 #: Upper bound of one key's memory (CPython 3.11, 64-bit): the window and its ring
 #: (about 1 KiB), and per slot its object (80 bytes), four counters past the small-int
 #: cache (32 each) and a histogram (80 + 4 per bucket). About 37 KiB.
