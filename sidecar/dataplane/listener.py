@@ -21,7 +21,9 @@ What the listener guarantees, so the proxy does not have to:
 * Flow control both ways: request bodies are buffered up to `BODY_HIGH_WATER`,
   then the socket stops being read until the proxy has taken the bytes; response
   writes wait while the transport's buffer is full.
-* A client that disconnects cancels its request's task (the proxy records 499).
+* A client that disconnects cancels its connection's task, and so the request in
+  flight (the proxy records 499). The task is one per connection: it answers the
+  requests in order, and waits for the next one while the connection is idle.
 * Limits (each answered with the sidecar's JSON error, then the connection closes):
   a request body over `max_request_body_bytes` (the handler may set a route's own with
   `Request.limit_body`) is 413, by its Content-Length before anything is read, or
@@ -119,7 +121,9 @@ class _Connection(asyncio.Protocol):
         # Answering.
         self._pipeline: deque[Request] = deque()
         self._active: Request | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # answers requests, one at a time
+        # Set while that task waits for the next request on this keep-alive connection.
+        self._next_request: asyncio.Future[Request] | None = None
         self._pending_error: ProxyError | None = None
         self._ended = False  # no further request will be parsed on this connection
         self._draining = False
@@ -193,6 +197,7 @@ class _Connection(asyncio.Protocol):
         self._pipeline.clear()
         self._parsing = self._active = self._head = None  # no cycles left for the collector
         task, self._task = self._task, None
+        self._next_request = None
         if task is not None and not task.done():
             task.cancel()  # the client went away: so does its upstream request
         waiter = self._drain_waiter
@@ -304,7 +309,12 @@ class _Connection(asyncio.Protocol):
     def _dispatch(self, request: Request) -> None:
         if self._active is None:
             self._active = request
-            self._task = self.loop.create_task(self._serve(request))
+            waiter = self._next_request
+            if waiter is not None:  # the connection's task waits for its next request
+                self._next_request = None
+                waiter.set_result(request)
+            else:
+                self._task = self.loop.create_task(self._serve(request))
         else:
             self._pipeline.append(request)  # answered after the ones before it
             self.update_reading()
@@ -327,7 +337,8 @@ class _Connection(asyncio.Protocol):
                     parsing._last_read = self.loop.time()
 
     async def _serve(self, request: Request) -> None:
-        """Answer `request`, then the requests pipelined behind it, in order."""
+        """Answer `request`, then the requests pipelined behind it, in order, then wait for
+        the connection's next request: one task per connection, not per request."""
         transport = self.transport
         assert transport is not None
         while True:
@@ -380,13 +391,21 @@ class _Connection(asyncio.Protocol):
                 self.update_reading()
                 continue
             self._active = None
-            self._task = None
             self.since = self.loop.time()
             if self.reading_paused:
                 self.update_reading()
             if self._pending_error is not None:
+                self._task = None
                 self._write_error(self._pending_error)
-            return
+                return
+            # Idle: this task waits for the connection's next request (`_dispatch`)
+            # instead of ending: a future per request costs less than a task per request.
+            # A closing connection cancels it here (`connection_lost`).
+            waiter = self._next_request = self.loop.create_future()
+            try:
+                request = await waiter
+            except asyncio.CancelledError:
+                return
 
     async def send(self, data: bytes) -> None:
         """Write, and wait while the transport's buffer is over its high-water mark."""
