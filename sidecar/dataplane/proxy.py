@@ -116,7 +116,7 @@ _UPSTREAM_ERROR_KIND: Final[dict[type[ProxyError], str]] = {
 }
 # Failure kind (sidecar.core.retry) -> the `kind` label of sidecar_upstream_errors_total.
 _ERROR_METRIC_KIND: Final = {CONNECT_FAILURE: "connect", RESET: "reset", TIMEOUT: "timeout",
-                      STALE: "stale"}
+                             STALE: "stale"}
 _NO_BODY: Final = RequestBody()
 # Why a request may get its route's fallback (sidecar.core.fallback), by the error the
 # cluster ended with: it could not serve, or its last try failed to connect or ended

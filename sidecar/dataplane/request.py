@@ -128,11 +128,7 @@ class Request:
             self._check_limit()
         while not self.complete:
             await self._wait()
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._taken()
-        return data
+        return self._take()
 
     def stream(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in the pieces it arrives in."""
@@ -172,11 +168,16 @@ class Request:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _taken(self) -> None:
+    def _take(self) -> bytes:
+        """Everything buffered, in one piece; reading from the client may resume."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         self._buffered = 0
         conn = self._conn
         if conn.reading_paused:
             conn.update_reading()
+        return data
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
@@ -219,13 +220,9 @@ class _BodyStream:
 
     async def __anext__(self) -> bytes:
         request = self._request
-        chunks = request._chunks
         while True:
-            if chunks:
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                request._taken()
-                return data
+            if request._chunks:
+                return request._take()
             if request.complete:
                 raise StopAsyncIteration
             await request._wait()

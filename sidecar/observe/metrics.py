@@ -74,13 +74,13 @@ _CODE_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 CONFIG_FAILURE_REASONS = ("io", "render", "validate")
 
 
-
 @functools.cache
 def _build_labels() -> tuple[str, str]:
     """(version, data path) of the running build: found once, on the first scrape."""
     from sidecar.compiled import state, version
 
     return version(), state()
+
 
 class RequestStats:
     """Counters of one (route, cluster) pair, and its rolling window (GetStats)."""
