@@ -10,15 +10,30 @@
 #       run --config /etc/sidecar/examples/local-app.jsonnet --ext-str env=prod
 #   docker run -p 8000:8000 --add-host host.docker.internal:host-gateway sidecar \
 #       run --upstream http://host.docker.internal:8080 --listen 0.0.0.0:8000
+# Build stage: a wheel whose data path is compiled with mypyc (setup.py, SIDECAR_NATIVE=1).
+# mypy type-checks the package as it compiles it, so the stage installs the package's
+# dependencies and the mypy that pyproject's test extra pins, plus a C compiler.
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY sidecar ./sidecar
+COPY admin ./admin
+RUN pip install --no-cache-dir '.[uvloop]' mypy==2.4.1 \
+    && SIDECAR_NATIVE=1 pip wheel --no-cache-dir --no-build-isolation --no-deps -w /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/sidecar
-COPY pyproject.toml README.md ./
-COPY sidecar ./sidecar
-COPY admin ./admin
+COPY --from=build /wheels /wheels
 COPY configs ./configs
-RUN pip install --no-cache-dir '.[uvloop]' \
+# The image refuses to build if the compiled modules do not load: it would run the data
+# path interpreted, at about half the speed the README reports.
+RUN pip install --no-cache-dir "$(echo /wheels/sidecar_gateway-*.whl)[uvloop]" \
+    && rm -rf /wheels \
+    && sidecar --version | grep -q "data path: compiled" \
     && useradd --system --uid 10001 --no-create-home sidecar \
     && mkdir -p /var/lib/sidecar && chown sidecar /var/lib/sidecar
 # The default config; `import 'sidecar.libsonnet'` finds the library in the package.

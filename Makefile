@@ -29,7 +29,7 @@ test: $(STAMP) tools
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against proto/baseline.binpb
 	$(BIN)/python scripts/generate_protos.py --check
-	$(BIN)/ruff check sidecar admin tests scripts bench
+	$(BIN)/ruff check setup.py sidecar admin tests scripts bench
 	$(BIN)/mypy sidecar admin
 	$(BIN)/python scripts/build_native.py
 	$(BIN)/python -m pytest -q
@@ -51,7 +51,7 @@ proto-baseline: $(STAMP)
 	$(BIN)/buf build -o proto/baseline.binpb
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar admin tests scripts
+	$(BIN)/ruff check setup.py sidecar admin tests scripts bench
 	$(BIN)/mypy sidecar admin
 
 bench: $(STAMP)

@@ -32,13 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar.compiled import GROUP, MODULES, extension_path, stale  # noqa: E402
+from sidecar.compiled import GROUP, MODULES, extension_path, extensions, stale  # noqa: E402
 
 BUILD_DIR = ROOT / "build" / "native"
-
-
-def _sources() -> list[str]:
-    return [str(Path(*module.split(".")).with_suffix(".py")) for module in MODULES]
 
 
 def clean() -> None:
@@ -56,17 +52,15 @@ def build() -> None:
                          "development headers, e.g. python3.11-dev)")
     if shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]) is None:
         raise SystemExit("build_native: no C compiler (apt-get install gcc)")
-    from mypyc.build import mypycify
     from setuptools import setup  # type: ignore[import-untyped]
 
     os.chdir(ROOT)
-    extensions = mypycify(_sources(), opt_level="3", group_name=GROUP,
-                          target_dir=str(BUILD_DIR / "c"))
+    modules = extensions(BUILD_DIR / "c")
     with warnings.catch_warnings():
         # setuptools reads pyproject.toml here too, and warns about packaging metadata
         # that has nothing to do with these extensions.
         warnings.simplefilter("ignore")
-        setup(name="sidecar-native", ext_modules=extensions, py_modules=[], packages=[],
+        setup(name="sidecar-native", ext_modules=modules, py_modules=[], packages=[],
               script_args=["--quiet", "build_ext", "--inplace",
                            "--build-temp", str(BUILD_DIR / "obj")])
 

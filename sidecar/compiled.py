@@ -30,9 +30,10 @@ from importlib.machinery import (
 )
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-__all__ = ["GROUP", "MODULES", "built", "extension_path", "stale", "state", "use_sources",
-           "version"]
+__all__ = ["GROUP", "MODULES", "built", "extension_path", "extensions", "stale", "state",
+           "use_sources", "version"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,16 @@ MODULES: tuple[str, ...] = (
 )
 #: The shared runtime of the compiled modules: `sidecar/_native__mypyc*.so`.
 GROUP = "sidecar._native"
+
+
+def extensions(build_dir: Path) -> list[Any]:
+    """The setuptools extensions that compile `MODULES` with mypyc, C sources under
+    `build_dir`: one list for `scripts/build_native.py` (in place) and setup.py (into a
+    wheel). Call it from the checkout's root, where mypy reads its options."""
+    from mypyc.build import mypycify
+
+    sources = [str(Path(*module.split(".")).with_suffix(".py")) for module in MODULES]
+    return mypycify(sources, opt_level="3", group_name=GROUP, target_dir=str(build_dir))
 
 
 def version() -> str:
