@@ -53,6 +53,8 @@ _REQUEST_OWNED: Final = HOP_BY_HOP | {
 _RESPONSE_OWNED: Final = HOP_BY_HOP | {b"content-length", b"x-request-id", b"via"}
 
 VIA_PSEUDONYM: Final = b"sidecar"
+# Our Via entry for each protocol version a client speaks, built once.
+_VIA_ENTRIES: Final = {version: version + b" " + VIA_PSEUDONYM for version in (b"1.1", b"1.0")}
 _REQUEST_ID: Final = re.compile(r"[!-~]{1,128}")
 _random = random.Random(os.urandom(16))
 _getrandbits = _random.getrandbits
@@ -67,8 +69,24 @@ def _fast_randbytes(n: int) -> bytes:
 _randbytes: Callable[[int], bytes] = _fast_randbytes
 _ZEROS: Final = b"0" * 16
 _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+# b" 200 " for every status code a head can carry: an index instead of formatting.
+_STATUS_CODES: Final = [b" %d " % code for code in range(600)]
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
+
+
+def _length_mask(names: Iterable[bytes]) -> int:
+    """Bit n set when some name in `names` is n bytes long. A field whose name has a
+    length no owned field has is passed through without lower-casing and hashing its
+    name: most fields of a message (Date, Server, ETag, ...), at one shift and test."""
+    mask = 0
+    for name in names:
+        mask |= 1 << len(name)
+    return mask
+
+
+_REQUEST_LENGTHS: Final = _length_mask(_REQUEST_OWNED)
+_RESPONSE_LENGTHS: Final = _length_mask(_RESPONSE_OWNED)
 
 
 def new_request_id() -> bytes:
@@ -147,19 +165,26 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
     via: list[bytes] = []
     conn: list[bytes] = []
     owned = _owned
+    lengths = _REQUEST_LENGTHS if owned is _REQUEST_OWNED else _length_mask(owned)
     for name, value in raw_headers:
-        lname = name.lower()
-        if lname in owned:
-            if lname == b"host":
-                client_host = value
-            elif lname == b"x-forwarded-for":
-                forwarded_for.append(value)
-            elif lname == b"via":
-                via.append(value)
-            elif lname == b"connection":
-                conn.append(value)
-            continue
-        lines += (name, _SEP, value, _CRLF)  # one extend: cheaper than four appends
+        if lengths >> len(name) & 1:
+            lname = name.lower()
+            if lname in owned:
+                if lname == b"host":
+                    client_host = value
+                elif lname == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                elif lname == b"via":
+                    via.append(value)
+                elif lname == b"connection":
+                    conn.append(value)
+                continue
+        # Four appends: compiled, each is a C call; a tuple to extend with would be
+        # allocated and freed per field.
+        lines.append(name)
+        lines.append(_SEP)
+        lines.append(value)
+        lines.append(_CRLF)
     if conn and owned is _REQUEST_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:  # rare: rebuild, dropping the fields Connection names as hop-by-hop
@@ -168,7 +193,7 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
                 request_id=request_id, framing=framing, via_version=via_version,
                 _owned=owned | tokens)
     forwarded_for.append(client)
-    via.append(via_version + b" " + VIA_PSEUDONYM)
+    via.append(_VIA_ENTRIES.get(via_version) or via_version + b" " + VIA_PSEUDONYM)
     send_host = host if host is not None else client_host
     lines += (
         b"Host: ", send_host, _CRLF,
@@ -196,29 +221,37 @@ def build_response_head(version: bytes, status: int, reason: bytes,
     `replace`: lower-case names of upstream fields to drop because `framing` sets them
     (a route's security headers).
     """
-    lines = [b"HTTP/", version, b" %d " % status, reason or _REASONS.get(status, b"Unknown"),
-             _CRLF]
+    code = _STATUS_CODES[status] if 100 <= status < 600 else b" %d " % status
+    lines = [b"HTTP/", version, code, reason or _REASONS.get(status, b"Unknown"), _CRLF]
     via: list[bytes] = []
     conn: list[bytes] = []
     owned = _owned | replace if replace else _owned
+    lengths = _RESPONSE_LENGTHS if owned is _RESPONSE_OWNED else _length_mask(owned)
     for name, value in raw_headers:
-        lname = name.lower()
-        if lname in owned:
-            if lname == b"via":
-                via.append(value)
-            elif lname == b"connection":
-                conn.append(value)
-            elif keep_content_length and lname == b"content-length":
-                lines += (name, _SEP, value, _CRLF)
-            continue
-        lines += (name, _SEP, value, _CRLF)  # one extend: cheaper than four appends
+        if lengths >> len(name) & 1:
+            lname = name.lower()
+            if lname in owned:
+                if lname == b"via":
+                    via.append(value)
+                elif lname == b"connection":
+                    conn.append(value)
+                elif keep_content_length and lname == b"content-length":
+                    lines.append(name)
+                    lines.append(_SEP)
+                    lines.append(value)
+                    lines.append(_CRLF)
+                continue
+        lines.append(name)  # four appends, as in build_request_head
+        lines.append(_SEP)
+        lines.append(value)
+        lines.append(_CRLF)
     if conn and _owned is _RESPONSE_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:
             return build_response_head(
                 version, status, reason, raw_headers, framing=framing, request_id=request_id,
                 keep_content_length=keep_content_length, _owned=owned | tokens)
-    via.append(b"1.1 " + VIA_PSEUDONYM)
+    via.append(_VIA_ENTRIES[b"1.1"])
     lines += (b"X-Request-Id: ", request_id, _CRLF, b"Via: ", b", ".join(via), _CRLF,
               framing, _CRLF)
     return b"".join(lines)

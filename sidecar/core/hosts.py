@@ -99,8 +99,8 @@ class HostEvent:
 class Host:
     """One endpoint at run time. The data plane writes `active_requests` and `pool`."""
 
-    __slots__ = ("cluster", "id", "address", "base_weight", "_lb_weight", "usable_since",
-                 "operator", "active_requests", "pool",
+    __slots__ = ("cluster", "id", "address", "authority", "base_weight", "_lb_weight",
+                 "usable_since", "operator", "active_requests", "pool",
                  "breaker", "health", "usable", "requests", "failures", "_status")
 
     def __init__(self, cluster: str, endpoint_id: str, address: UpstreamAddress, weight: int,
@@ -109,6 +109,8 @@ class Host:
         self.cluster = cluster
         self.id = endpoint_id
         self.address = address
+        #: The Host header that names this endpoint, encoded once (not per request).
+        self.authority = address.authority.encode()
         #: The configured weight; `weight` is what the balancer uses (less while the
         #: host is in slow start).
         self.base_weight = self._lb_weight = weight

@@ -4,7 +4,11 @@
 (about 3.8 us per request on uvloop here, more than building both heads). A
 proxy has thousands of deadlines in flight and almost none of them fire, so this
 keeps them in buckets of `tick` seconds and runs one sweep per tick while any
-are pending: adding and removing a deadline is a set operation.
+are pending: adding and removing a deadline is a set operation. Once no deadline
+has been added or pending for `linger` seconds the sweep stops (and the next `add` starts
+it): an idle sidecar does not wake 100 times a second for the length of its longest
+timeout after its last request, and a busy one, whose requests come and go between
+ticks, does not re-arm the timer every few requests.
 
 A deadline fires between 0 and `tick` late, never early. When it fires, the
 request's task is cancelled (like `asyncio.timeout`) and `Deadline.expired` is
@@ -29,11 +33,15 @@ class Deadline:
 
 
 class DeadlineWheel:
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.01) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.01,
+                 linger: float = 1.0) -> None:
         self._loop = loop
         self._tick = tick
+        self._linger_ticks = max(1, round(linger / tick))
+        self._idle_ticks = 0  # ticks in a row with no deadline added or pending
         self._buckets: dict[int, set[Deadline]] = {}
         self._next_key = 0
+        self._pending = 0  # deadlines added and neither removed nor fired
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, timeout: float) -> Deadline:
@@ -49,6 +57,8 @@ class DeadlineWheel:
         if bucket is None:
             bucket = self._buckets[key] = set()
         bucket.add(deadline)
+        self._pending += 1
+        self._idle_ticks = 0
         if self._timer is None:
             self._next_key = math.floor(now / self._tick)
             self._timer = self._loop.call_later(self._tick, self._sweep)
@@ -56,16 +66,22 @@ class DeadlineWheel:
 
     def remove(self, deadline: Deadline) -> None:
         bucket = self._buckets.get(deadline.key)
-        if bucket is not None:
-            bucket.discard(deadline)
+        if bucket is not None and deadline in bucket:
+            bucket.remove(deadline)
+            self._pending -= 1
 
     def __len__(self) -> int:
-        return sum(len(bucket) for bucket in self._buckets.values())
+        return self._pending
 
     def _sweep(self) -> None:
         self.expire(self._loop.time())
-        self._timer = (self._loop.call_later(self._tick, self._sweep) if self._buckets
-                       else None)
+        self._idle_ticks = 0 if self._pending else self._idle_ticks + 1
+        if self._idle_ticks < self._linger_ticks:
+            self._timer = self._loop.call_later(self._tick, self._sweep)
+        else:  # only emptied buckets are left: drop them and sleep until the next add
+            self._buckets.clear()
+            self._timer = None
+            self._idle_ticks = 0
 
     def expire(self, now: float) -> int:
         """Fire every deadline due at `now`; returns how many fired."""
@@ -81,6 +97,7 @@ class DeadlineWheel:
                 deadline.expired = True
                 deadline.task.cancel()
                 fired += 1
+        self._pending -= fired
         self._next_key = max(self._next_key, now_key + 1)
         return fired
 
@@ -89,3 +106,4 @@ class DeadlineWheel:
             self._timer.cancel()
             self._timer = None
         self._buckets.clear()
+        self._pending = 0

@@ -279,13 +279,18 @@ class Proxy:
         # The request id as bytes for the heads; decoded only for a log line or an error.
         incoming_id = request.request_id
         rid = (incoming_id.encode() if incoming_id is not None and valid_request_id(incoming_id)
-               else new_request_id())
+               else b"")
         # W3C trace context: the client's traceparent passes through unchanged; without
         # one the sidecar starts a trace so that the application's tracer can join it.
         traceparent: str | bytes | None = request.traceparent
         if traceparent is None:
-            traceparent = new_traceparent(self.trace_sampled)
-            request.added_fields = b"traceparent: " + traceparent + b"\r\n"
+            started = new_traceparent(self.trace_sampled)
+            request.added_fields = b"traceparent: " + started + b"\r\n"
+            traceparent = started
+            if not rid:  # a new trace's id, 128 random bits, names the request too
+                rid = started[3:35]
+        if not rid:
+            rid = new_request_id()
         request_context.set((rid, traceparent))  # for any line logged meanwhile
         version = request.version
         route_name = cluster_name = ""
@@ -617,10 +622,10 @@ class Proxy:
             _METHODS.get(method) or method.encode(), target.encode("utf-8", "surrogateescape"),
             request.raw_headers,
             host=(None if settings.preserve_host and request.host is not None
-                  else host.address.authority.encode()),
+                  else host.authority),
             client=(request.remote or "").encode(), proto=self._proto,
             request_id=rid, framing=framing + request.added_fields,
-            via_version=b"1." + version[2:])
+            via_version=version)  # b"1.1" or b"1.0", the listener's spelling
 
     def _note_refusal(self, cluster: str, decision: RetryDecision, failure: str) -> None:
         """Count a retry the budget refused, by the failure it would have retried (the

@@ -65,7 +65,32 @@ async def test_a_trace_is_started_when_none_came(start_upstream, start_sidecar, 
     assert started[0] != started[1]  # a new trace per request
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["trace_id"] for line in lines] == [trace_id(tp) for tp in started]
-    assert all(line["request_id"] for line in lines)
+    # The trace the sidecar starts names the request too: one id to search logs, the
+    # application's and the tracer's by.
+    assert [line["request_id"] for line in lines] == [trace_id(tp) for tp in started]
+    assert [sent_in(request, b"x-request-id") for request in seen.requests[-2:]] == [
+        trace_id(tp) for tp in started]
+
+
+async def test_request_id_and_trace_id_are_separate_when_either_came(start_upstream,
+                                                                     start_sidecar, client):
+    """A client's request id is kept under a new trace; a client's trace (shared by its
+    sibling requests) does not name the request: a new request id does."""
+    server, seen = await start_upstream()
+    sidecar = await start_sidecar({"clusters": [{"name": "app", "endpoints": [
+        {"url": url_of(server)}]}], "routes": [{"prefix": "/", "cluster": "app"}]})
+    async with client.get(base_url(sidecar) + "/", headers={"X-Request-Id": "abc-1"}) as resp:
+        assert resp.status == 200 and resp.headers["X-Request-Id"] == "abc-1"
+    assert sent(seen, b"x-request-id") == [b"abc-1"]
+    assert trace_id(sent(seen, b"traceparent")[0].decode()) is not None
+    ids = set()
+    for _ in range(2):
+        async with client.get(base_url(sidecar) + "/",
+                              headers={"traceparent": CLIENT_TP}) as resp:
+            assert resp.status == 200
+            ids.add(resp.headers["X-Request-Id"])
+    assert len(ids) == 2 and trace_id(CLIENT_TP) not in ids
+    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in ids)
 
 
 def sent_in(request: dict[str, Any], name: bytes) -> str:

@@ -45,7 +45,7 @@ async def test_removed_deadline_never_fires() -> None:
 
 async def test_sweep_timer_fires_real_deadline_and_stops_when_empty() -> None:
     loop = asyncio.get_running_loop()
-    wheel = DeadlineWheel(loop, tick=0.005)
+    wheel = DeadlineWheel(loop, tick=0.005, linger=0.005)
 
     async def slow() -> None:
         deadline = wheel.add(0.02)
@@ -58,6 +58,43 @@ async def test_sweep_timer_fires_real_deadline_and_stops_when_empty() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(asyncio.ensure_future(slow()), 5)
     assert wheel._timer is None  # no timer keeps running once nothing is pending
+    wheel.close()
+
+
+def _tick(wheel: DeadlineWheel) -> None:
+    """What the armed sweep timer does when it fires: done now instead of waited for."""
+    assert wheel._timer is not None
+    wheel._timer.cancel()
+    wheel._sweep()
+
+
+async def test_sweep_stops_once_every_deadline_is_removed() -> None:
+    """A request that finishes long before its timeout leaves nothing to sweep for: the
+    timer stops after `linger` instead of running until the timeout's bucket."""
+    loop = asyncio.get_running_loop()
+    wheel = DeadlineWheel(loop, tick=0.01, linger=0.03)  # three idle ticks
+    first, second = wheel.add(60.0), wheel.add(60.0)
+    assert wheel._timer is not None and len(wheel) == 2
+    wheel.remove(first)
+    wheel.remove(first)  # a second remove changes nothing
+    assert len(wheel) == 1
+    for _ in range(5):
+        _tick(wheel)
+        assert wheel._timer is not None  # `second` is still pending
+    wheel.remove(second)
+    _tick(wheel)
+    _tick(wheel)
+    assert wheel._timer is not None  # lingering: traffic may come back
+    late = wheel.add(60.0)  # and it does: the idle count starts over
+    wheel.remove(late)
+    for _ in range(2):
+        _tick(wheel)
+        assert wheel._timer is not None
+    _tick(wheel)
+    assert wheel._timer is None and len(wheel) == 0
+    third = wheel.add(0.01)  # the next deadline starts the sweep again
+    assert wheel._timer is not None and len(wheel) == 1
+    wheel.remove(third)
     wheel.close()
 
 
