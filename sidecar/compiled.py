@@ -41,6 +41,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 MODULES: tuple[str, ...] = (
     "sidecar.core.balancer",
     "sidecar.core.breaker",
+    "sidecar.core.clock",
     "sidecar.core.headers",
     "sidecar.core.hosts",
     "sidecar.core.limits",

@@ -342,6 +342,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         while True:
+            request.task = self._task  # this task: the one its deadlines cancel
             try:
                 response = await self._handler(request)
             except asyncio.CancelledError:

@@ -464,7 +464,7 @@ class Proxy:
         now = self._clock()
         hosts.budget.on_request(now)
         settings = members.settings
-        deadline = self._deadlines.add(match.route.timeout or settings.timeout)
+        deadline = self._deadlines.add(match.route.timeout or settings.timeout, request.task)
         plan: AttemptPlan | None = None
         try:
             method = request.method
@@ -580,7 +580,8 @@ class Proxy:
                 raise Overflow(MAX_PENDING)
             waiting = _Pending(limits)
         per_try = policy.config.per_try_timeout
-        try_deadline = self._deadlines.add(per_try) if per_try is not None else None
+        try_deadline = (self._deadlines.add(per_try, request.task) if per_try is not None
+                        else None)
         try:
             return await pool.request(head, body, chunked=request.chunked,
                                       head_request=head_request, fresh=fresh,

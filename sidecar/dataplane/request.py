@@ -54,7 +54,7 @@ class Request:
     """
 
     __slots__ = ("method", "raw_path", "version", "raw_headers", "host", "request_id",
-                 "traceparent", "added_fields",
+                 "traceparent", "added_fields", "task",
                  "expect_continue", "content_length", "chunked", "keep_alive", "remote",
                  "complete", "max_body", "_conn", "_chunks", "_buffered", "_waiter",
                  "_error", "_discard", "_response", "_received", "_limit_set",
@@ -76,6 +76,9 @@ class Request:
         self.traceparent: str | None = None
         #: Header lines the proxy adds to the upstream request (a traceparent it starts).
         self.added_fields = b""
+        #: The task answering this request (the listener's, per connection): the one a
+        #: deadline cancels. None until the listener hands the request over.
+        self.task: asyncio.Task[None] | None = None
         self.expect_continue = False
         self.content_length: int | None = None
         self.chunked = False

@@ -45,7 +45,6 @@ that failed (io, render, validate: `CONFIG_FAILURE_REASONS`, each 0 until seen).
 from __future__ import annotations
 
 import functools
-from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -59,15 +58,17 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .stats import Stats
-from .window import Window
+from .window import Window, bucket_of
 
 if TYPE_CHECKING:
     from sidecar.registry import Registry
 
 __all__ = ["CONFIG_FAILURE_REASONS", "DURATION_BUCKETS", "CheckCounters", "Metrics", "RequestStats"]
 
-DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                           1.0, 2.5, 5.0, 10.0, 30.0)
+# Typed as a tuple of any length: mypyc would otherwise keep it as a fixed-size one
+# and box a new tuple for every `bucket_of` call.
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _CODE_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 #: The `reason` label values of `sidecar_config_load_failures_total`: where a rejected
 #: configuration failed (`sidecar.reload.LOAD_STAGES`).
@@ -100,7 +101,7 @@ class RequestStats:
         it goes into the rolling window too (a 5xx is a failure there): one call for
         both on the hot path."""
         self.codes[status // 100 if 100 <= status < 600 else 5] += 1
-        self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.buckets[bucket_of(DURATION_BUCKETS, seconds)] += 1
         self.total_seconds += seconds
         if now is not None:
             self.rolling.record(now, status < 500, seconds)

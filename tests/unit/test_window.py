@@ -9,12 +9,14 @@ import gc
 import math
 import random
 import tracemalloc
+from bisect import bisect_left
 from typing import Any
 
 import pytest
 
 from sidecar.observe import stats as stats_module
 from sidecar.observe import window as window_module
+from sidecar.observe.metrics import DURATION_BUCKETS
 from sidecar.observe.window import (
     BOUNDS,
     MAX_BYTES_PER_KEY,
@@ -24,6 +26,7 @@ from sidecar.observe.window import (
     Totals,
     Window,
     WindowStore,
+    bucket_of,
     slots_for,
 )
 from tests.test_layout import IMPURE, _imports, source_file
@@ -262,3 +265,17 @@ def test_a_store_keeps_at_most_max_keys() -> None:
     store.drop("missing")
     with pytest.raises(ValueError):
         WindowStore(0)
+
+
+@pytest.mark.parametrize("bounds", [BOUNDS, DURATION_BUCKETS], ids=["window", "prometheus"])
+def test_bucket_of_is_bisect_left(bounds: tuple[float, ...]) -> None:
+    """The hand-written search agrees with `bisect_left` on every bound, between and
+    beside bounds, outside the range, and for NaN and infinities."""
+    values = [*bounds, *(math.nextafter(b, -math.inf) for b in bounds),
+              *(math.nextafter(b, math.inf) for b in bounds),
+              *((a + b) / 2 for a, b in zip(bounds, bounds[1:], strict=False)),
+              0.0, -1.0, 1e9, math.inf, -math.inf, math.nan]
+    rng = random.Random(7)
+    values += [rng.uniform(0, bounds[-1] * 2) for _ in range(500)]
+    assert [bucket_of(bounds, v) for v in values] == [bisect_left(bounds, v) for v in values]
+    assert bucket_of((), 1.0) == 0
