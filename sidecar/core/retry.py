@@ -295,13 +295,18 @@ class RetryPolicy:
     retrying a request that left even if its method is not idempotent.
     """
 
-    __slots__ = ("config", "rng", "allow_non_idempotent", "_kinds", "_statuses")
+    __slots__ = ("config", "rng", "allow_non_idempotent", "per_try_timeout", "buffer_bytes",
+                 "_kinds", "_statuses")
 
     def __init__(self, config: RetryConfig, rng: random.Random, *,
                  retry_non_idempotent: bool = False) -> None:
         self.config = config
         self.rng = rng
         self.allow_non_idempotent = retry_non_idempotent
+        # What every request reads, copied out of the config model: compiled, an
+        # attribute of this class is a C field, one of the model a generic lookup.
+        self.per_try_timeout = config.per_try_timeout
+        self.buffer_bytes = config.retry_buffer_bytes
         retry_on = set(config.retry_on)
         # Precomputed so that judging a try is two set lookups.
         kinds = {k for k in retry_on if k != RETRIABLE_STATUS_CODES}

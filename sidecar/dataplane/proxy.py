@@ -184,8 +184,18 @@ class DataPlaneState:
     config: SidecarConfig
     routes: RouteTable
     rng: random.Random = field(default_factory=random.Random)
-    _policies: dict[tuple[str, str], RetryPolicy] = field(default_factory=dict)
+    # A route's policy, with the cluster settings it was made for.
+    _policies: dict[Route, tuple[RetryPolicy, ClusterSettings]] = field(default_factory=dict)
     _fallbacks: dict[str, FallbackPlan] = field(default_factory=dict)
+    #: The listener limits every request reads, copied out of `config`: compiled, a
+    #: field of this class is a C field, one of the config models a generic lookup.
+    max_requests: int = field(init=False)
+    max_request_body_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        listener = self.config.listener
+        self.max_requests = listener.max_requests
+        self.max_request_body_bytes = listener.max_request_body_bytes
 
     @classmethod
     def build(cls, config: SidecarConfig, registry: Registry) -> DataPlaneState:
@@ -204,12 +214,12 @@ class DataPlaneState:
     def retry_policy(self, route: Route, settings: ClusterSettings) -> RetryPolicy:
         """The route's retry policy: its own `retry`, else its cluster's (made once per
         route and cluster, then shared by their requests)."""
-        key = (route.name, route.cluster or "")
-        policy = self._policies.get(key)
-        if policy is None or policy.config is not (route.retry or settings.retry):
-            policy = self._policies[key] = RetryPolicy(
-                route.retry or settings.retry, self.rng,
-                retry_non_idempotent=route.retry_non_idempotent)
+        cached = self._policies.get(route)  # routes hash by identity: no key to build
+        if cached is not None and cached[1] is settings:
+            return cached[0]
+        policy = RetryPolicy(route.retry or settings.retry, self.rng,
+                             retry_non_idempotent=route.retry_non_idempotent)
+        self._policies[route] = (policy, settings)
         return policy
 
 
@@ -297,7 +307,7 @@ class Proxy:
         status = 500
         try:
             state = self.state
-            if metrics.active_requests > state.config.listener.max_requests:
+            if metrics.active_requests > state.max_requests:
                 raise Overloaded()
             method = request.method
             host = request.host
@@ -317,14 +327,13 @@ class Proxy:
                                  target)
             route = match.route
             route_name, cluster_name = route.name, match.cluster
-            self._route_limits.check(request, route,
-                                     state.config.listener.max_request_body_bytes,
+            self._route_limits.check(request, route, state.max_request_body_bytes,
                                      self._clock())
             members = self.registry.clusters.get(match.cluster)
             if members is None:
                 raise NoRoute()
             policy = state.retry_policy(route, members.settings)
-            body = (await self._request_body(request, policy.config.retry_buffer_bytes)
+            body = (await self._request_body(request, policy.buffer_bytes)
                     if request.chunked or request.content_length else _NO_BODY)
             if route.fallback is None:  # the common case: one cluster answers
                 response = await self._serve(request, match, members, policy, body, rid,
@@ -454,8 +463,10 @@ class Proxy:
         budget, the body replay rule). This method only performs them.
         `gateway_fallback`: a final 502/503/504 answer is raised as `_GatewayAnswer`
         (held, not sent) so that a fallback may answer instead."""
-        cluster_name = members.name
+        # Name and settings from the (compiled) HostSet: the same objects as the
+        # members', which are a Python class to read from.
         hosts = members.hosts
+        cluster_name = hosts.name
         limits = hosts.limits
         over = limits.try_admit()
         if over is not None:
@@ -463,7 +474,7 @@ class Proxy:
             raise Overflow(over)
         now = self._clock()
         hosts.budget.on_request(now)
-        settings = members.settings
+        settings = hosts.settings
         deadline = self._deadlines.add(match.route.timeout or settings.timeout, request.task)
         plan: AttemptPlan | None = None
         try:
@@ -579,7 +590,7 @@ class Proxy:
                 self.metrics.overflow(members.name, MAX_PENDING)
                 raise Overflow(MAX_PENDING)
             waiting = _Pending(limits)
-        per_try = policy.config.per_try_timeout
+        per_try = policy.per_try_timeout
         try_deadline = (self._deadlines.add(per_try, request.task) if per_try is not None
                         else None)
         try:
