@@ -11,7 +11,8 @@
 #   docker run -p 8000:8000 --add-host host.docker.internal:host-gateway sidecar \
 #       run --upstream http://host.docker.internal:8080 --listen 0.0.0.0:8000
 # Build stage: a wheel whose data path is compiled with mypyc (setup.py, SIDECAR_NATIVE=1).
-# mypy type-checks the package as it compiles it, so the stage installs the package's
+# mypy type-checks the package as it compiles it, so the build is not isolated: the stage
+# installs the build requirements (pyproject's [build-system]), the package's
 # dependencies and the mypy that pyproject's test extra pins, plus a C compiler.
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -20,7 +21,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY sidecar ./sidecar
 COPY admin ./admin
-RUN pip install --no-cache-dir '.[uvloop]' mypy==2.4.1 \
+RUN pip install --no-cache-dir 'setuptools>=68' wheel mypy==2.4.1 '.[uvloop]' \
     && SIDECAR_NATIVE=1 pip wheel --no-cache-dir --no-build-isolation --no-deps -w /wheels .
 
 FROM python:3.11-slim
