@@ -5,10 +5,10 @@
 proxy has thousands of deadlines in flight and almost none of them fire, so this
 keeps them in buckets of `tick` seconds and runs one sweep per tick while any
 are pending: adding and removing a deadline is a set operation. Once no deadline
-has been added or pending for `linger` seconds the sweep stops (and the next `add` starts
-it): an idle sidecar does not wake 100 times a second for the length of its longest
-timeout after its last request, and a busy one, whose requests come and go between
-ticks, does not re-arm the timer every few requests.
+has been added or pending for `linger` seconds, the sweep stops (the next `add`
+starts it again): an idle sidecar does not wake 100 times a second for as long as
+its longest timeout after its last request, and a busy one, whose requests come and
+go between ticks, does not re-arm the timer every few requests.
 
 A deadline fires between 0 and `tick` late, never early. When it fires, the
 request's task is cancelled (like `asyncio.timeout`) and `Deadline.expired` is

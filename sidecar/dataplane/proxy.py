@@ -286,7 +286,8 @@ class Proxy:
         start = self._clock()
         metrics = self.metrics
         metrics.active_requests += 1
-        # The request id as bytes for the heads; decoded only for a log line or an error.
+        # The request id as bytes for the heads (decoded only for a log line or an
+        # error): the client's when valid, else b"" until one is made below.
         incoming_id = request.request_id
         rid = (incoming_id.encode() if incoming_id is not None and valid_request_id(incoming_id)
                else b"")
@@ -463,8 +464,8 @@ class Proxy:
         budget, the body replay rule). This method only performs them.
         `gateway_fallback`: a final 502/503/504 answer is raised as `_GatewayAnswer`
         (held, not sent) so that a fallback may answer instead."""
-        # Name and settings from the (compiled) HostSet: the same objects as the
-        # members', which are a Python class to read from.
+        # The cluster's name and settings, read from its HostSet (compiled: C fields)
+        # rather than from ClusterMembers (a Python class); they are the same objects.
         hosts = members.hosts
         cluster_name = hosts.name
         limits = hosts.limits
