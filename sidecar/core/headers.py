@@ -232,16 +232,12 @@ def build_response_head(version: bytes, status: int, reason: bytes,
     for name, value in raw_headers:
         if lengths >> len(name) & 1:
             lname = name.lower()
-            if lname in owned:
+            # (An owned field is dropped, except a Content-Length to keep.)
+            if lname in owned and not (keep_content_length and lname == b"content-length"):
                 if lname == b"via":
                     via.append(value)
                 elif lname == b"connection":
                     conn.append(value)
-                elif keep_content_length and lname == b"content-length":
-                    lines.append(name)
-                    lines.append(_SEP)
-                    lines.append(value)
-                    lines.append(_CRLF)
                 continue
         lines.append(name)  # four appends, as in build_request_head
         lines.append(_SEP)
