@@ -240,13 +240,41 @@ async def test_head_larger_than_every_limit_together_is_431_without_buffering_it
 
 
 @pytest.mark.parametrize("version", [b"2.0", b"0.9"])
-async def test_only_http_1x_is_served(serve, version):
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"])
+async def test_only_http_1x_is_served(serve, version, connection):
     async def handler(request: Request) -> ProxyResponse:
         return plain(request, b"ok")
 
     _, port = await serve(handler)
-    reply = await raw_request(port, b"GET / HTTP/%b\r\nHost: x\r\n\r\n" % version)
+    reply = await raw_request(port, b"GET / HTTP/%b\r\nHost: x\r\n%b\r\n"
+                                    % (version, connection))
     assert statuses(reply) == [400]
+
+
+@pytest.mark.parametrize(("head", "version", "keep_alive"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", b"1.1", True),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n", b"1.1", True),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n", b"1.1", False),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: close\r\n", b"1.1", True),
+    (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n", b"1.0", True),
+    (b"GET / HTTP/1.0\r\nCONNECTION: Keep-Alive\r\n", b"1.0", True),
+    (b"GET / HTTP/1.0\r\nUser-Agent: keep-alive\r\n", b"1.0", False),
+    (b"GET / HTTP/1.0\r\n", b"1.0", False),
+])
+async def test_each_head_gets_its_version_and_persistence(serve, head, version, keep_alive):
+    # The listener infers HTTP/1.1 from llhttp's keep-alive verdict when no Connection
+    # field is present; every other head asks the parser for its version.
+    seen: list[tuple[bytes, bool]] = []
+
+    async def handler(request: Request) -> ProxyResponse:
+        seen.append((request.version, request.keep_alive))
+        return plain(request, b"ok")
+
+    _, port = await serve(handler)
+    closing = b"GET /end HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reply = await raw_request(port, head + b"\r\n" + (closing if keep_alive else b""))
+    assert seen == [(version, keep_alive)] + ([(b"1.1", False)] if keep_alive else [])
+    assert reply.startswith(b"HTTP/%b 200 OK\r\n" % version)
 
 
 async def test_malformed_request_behind_a_good_one_is_answered_after_it(serve):
