@@ -55,6 +55,7 @@ _RESPONSE_OWNED: Final = HOP_BY_HOP | {b"content-length", b"x-request-id", b"via
 VIA_PSEUDONYM: Final = b"sidecar"
 # Our Via entry for each protocol version a client speaks, built once.
 _VIA_ENTRIES: Final = {version: version + b" " + VIA_PSEUDONYM for version in (b"1.1", b"1.0")}
+_VIA_SELF: Final = _VIA_ENTRIES[b"1.1"]  # the hop a response took through the sidecar
 _REQUEST_ID: Final = re.compile(r"[!-~]{1,128}")
 _random = random.Random(os.urandom(16))
 # Final: compiled, both are read from C variables instead of the module's dict.
@@ -75,6 +76,7 @@ _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_CODES: Final = [b" %d " % code for code in range(600)]
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
+_LIST_SEP: Final = b", "
 
 
 def _length_mask(names: Iterable[bytes]) -> int:
@@ -163,9 +165,11 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
     """
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
     client_host = b""
-    forwarded_for: list[bytes] = []
-    via: list[bytes] = []
-    conn: list[bytes] = []
+    # Usually absent: a client's X-Forwarded-For and Via values, joined as they come
+    # (no list and no join per request); Connection values, a list only when present.
+    forwarded_for = b""
+    via = b""
+    conn: list[bytes] | None = None
     owned = _owned
     lengths = _REQUEST_LENGTHS if owned is _REQUEST_OWNED else _length_mask(owned)
     for name, value in raw_headers:
@@ -175,11 +179,14 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
                 if lname == b"host":
                     client_host = value
                 elif lname == b"x-forwarded-for":
-                    forwarded_for.append(value)
+                    forwarded_for = forwarded_for + _LIST_SEP + value if forwarded_for else value
                 elif lname == b"via":
-                    via.append(value)
+                    via = via + _LIST_SEP + value if via else value
                 elif lname == b"connection":
-                    conn.append(value)
+                    if conn is None:
+                        conn = [value]
+                    else:
+                        conn.append(value)
                 continue
         # Four appends: compiled, each is a C call; a tuple to extend with would be
         # allocated and freed per field.
@@ -187,25 +194,24 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
         lines.append(_SEP)
         lines.append(value)
         lines.append(_CRLF)
-    if conn and owned is _REQUEST_OWNED and not _only_persistence(conn):
+    if conn is not None and owned is _REQUEST_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:  # rare: rebuild, dropping the fields Connection names as hop-by-hop
             return build_request_head(
                 method, target, raw_headers, host=host, client=client, proto=proto,
                 request_id=request_id, framing=framing, via_version=via_version,
                 _owned=owned | tokens)
-    forwarded_for.append(client)
-    via.append(_VIA_ENTRIES.get(via_version) or via_version + b" " + VIA_PSEUDONYM)
-    send_host = host if host is not None else client_host
-    lines += (
-        b"Host: ", send_host, _CRLF,
-        b"X-Forwarded-For: ", b", ".join(forwarded_for), _CRLF,
-        b"X-Forwarded-Proto: ", proto, _CRLF,
-    )
+    forwarded_for = forwarded_for + _LIST_SEP + client if forwarded_for else client
+    entry = _VIA_ENTRIES.get(via_version) or via_version + b" " + VIA_PSEUDONYM
+    via = via + _LIST_SEP + entry if via else entry
+    # The sidecar's own fields, each separator merged with the next name: every item
+    # of a join costs a buffer acquisition, so fewer, longer constants are cheaper.
+    lines += (b"Host: ", host if host is not None else client_host,
+              b"\r\nX-Forwarded-For: ", forwarded_for,
+              b"\r\nX-Forwarded-Proto: ", proto)
     if client_host:
-        lines += (b"X-Forwarded-Host: ", client_host, _CRLF)
-    lines += (b"X-Request-Id: ", request_id, _CRLF, b"Via: ", b", ".join(via), _CRLF,
-              framing, _CRLF)
+        lines += (b"\r\nX-Forwarded-Host: ", client_host)
+    lines += (b"\r\nX-Request-Id: ", request_id, b"\r\nVia: ", via, _CRLF, framing, _CRLF)
     return b"".join(lines)
 
 
@@ -225,8 +231,8 @@ def build_response_head(version: bytes, status: int, reason: bytes,
     """
     code = _STATUS_CODES[status] if 100 <= status < 600 else b" %d " % status
     lines = [b"HTTP/", version, code, reason or _REASONS.get(status, b"Unknown"), _CRLF]
-    via: list[bytes] = []
-    conn: list[bytes] = []
+    via = b""  # the upstream's Via values, joined as they come (usually none)
+    conn: list[bytes] | None = None
     owned = _owned | replace if replace else _owned
     lengths = _RESPONSE_LENGTHS if owned is _RESPONSE_OWNED else _length_mask(owned)
     for name, value in raw_headers:
@@ -235,21 +241,23 @@ def build_response_head(version: bytes, status: int, reason: bytes,
             # (An owned field is dropped, except a Content-Length to keep.)
             if lname in owned and not (keep_content_length and lname == b"content-length"):
                 if lname == b"via":
-                    via.append(value)
+                    via = via + _LIST_SEP + value if via else value
                 elif lname == b"connection":
-                    conn.append(value)
+                    if conn is None:
+                        conn = [value]
+                    else:
+                        conn.append(value)
                 continue
         lines.append(name)  # four appends, as in build_request_head
         lines.append(_SEP)
         lines.append(value)
         lines.append(_CRLF)
-    if conn and _owned is _RESPONSE_OWNED and not _only_persistence(conn):
+    if conn is not None and _owned is _RESPONSE_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:
             return build_response_head(
                 version, status, reason, raw_headers, framing=framing, request_id=request_id,
                 keep_content_length=keep_content_length, _owned=owned | tokens)
-    via.append(_VIA_ENTRIES[b"1.1"])
-    lines += (b"X-Request-Id: ", request_id, _CRLF, b"Via: ", b", ".join(via), _CRLF,
-              framing, _CRLF)
+    via = via + _LIST_SEP + _VIA_SELF if via else _VIA_SELF
+    lines += (b"X-Request-Id: ", request_id, b"\r\nVia: ", via, _CRLF, framing, _CRLF)
     return b"".join(lines)
