@@ -116,6 +116,7 @@ class _Connection(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         self._connection_field = False  # the head being parsed has a Connection field
+        self._trailer_fields = 0  # of the request whose body is being read
         self._parsing: Request | None = None
         self._new: list[Request] = []  # requests whose heads this data_received parsed
         self._error: ProxyError | None = None
@@ -226,6 +227,7 @@ class _Connection(asyncio.Protocol):
         self._fresh = False
         self._head_bytes = 0
         self._connection_field = False
+        self._trailer_fields = 0
 
     def on_url(self, url: bytes) -> None:
         url = self._url + url if self._url else url
@@ -236,7 +238,9 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self._head
-        assert request is not None
+        if request is None:  # past the head: a trailer field of a chunked body
+            self._on_trailer(name, value)
+            return
         headers = request.raw_headers
         headers.append((name, value))
         if len(headers) > self._max_headers or len(name) + len(value) > self._max_field:
@@ -261,6 +265,16 @@ class _Connection(asyncio.Protocol):
                 self._connection_field = True
         elif len(name) == 14 and name.lower() == b"content-length":
             request.content_length = int(value)  # llhttp checked: digits, one value
+
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked request body is read and dropped: RFC 9110 6.5.1
+        lets a recipient that removes the chunked coding discard trailers, and the body
+        goes upstream with a bare last chunk (Envoy drops HTTP/1 request trailers by
+        default too). Dropped, they still count against the limits on header fields."""
+        self._trailer_fields += 1
+        if self._trailer_fields > self._max_headers or len(name) + len(value) > self._max_field:
+            self._error = HeadersTooLarge()
+            raise _Stop
 
     def on_headers_complete(self) -> None:
         parser = self._parser

@@ -277,6 +277,42 @@ async def test_each_head_gets_its_version_and_persistence(serve, head, version, 
     assert reply.startswith(b"HTTP/%b 200 OK\r\n" % version)
 
 
+async def test_trailer_fields_of_a_chunked_body_are_read_and_dropped(serve):
+    seen: list[tuple[bytes, list[tuple[bytes, bytes]]]] = []
+
+    async def handler(request: Request) -> ProxyResponse:
+        body = b"".join([chunk async for chunk in request.stream()])
+        seen.append((body, list(request.raw_headers)))
+        return plain(request, body or b"-")
+
+    _, port = await serve(handler)
+    reply = await raw_request(port, b"POST /t HTTP/1.1\r\nHost: x\r\n"
+                                    b"Transfer-Encoding: chunked\r\n\r\n"
+                                    b"3\r\nabc\r\n0\r\nChecksum: 1f\r\nHost: evil\r\n\r\n"
+                                    b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert statuses(reply) == [200, 200]
+    assert seen[0][0] == b"abc"
+    # The head's fields only: a trailer never reaches the request's fields.
+    assert seen[0][1] == [(b"Host", b"x"), (b"Transfer-Encoding", b"chunked")]
+    assert seen[1][0] == b""
+
+
+@pytest.mark.parametrize("trailers", [
+    b"".join(b"T%d: v\r\n" % i for i in range(4)),  # more fields than max_headers
+    b"T: " + b"v" * 200 + b"\r\n",                    # a field over max_header_bytes
+])
+async def test_trailers_over_the_header_limits_are_431(serve, trailers):
+    async def handler(request: Request) -> ProxyResponse:
+        body = b"".join([chunk async for chunk in request.stream()])
+        return plain(request, body)
+
+    _, port = await serve(handler, max_header_bytes=100, max_headers=3)
+    reply = await raw_request(port, b"POST / HTTP/1.1\r\nHost: x\r\n"
+                                    b"Transfer-Encoding: chunked\r\n\r\n"
+                                    b"3\r\nabc\r\n0\r\n" + trailers + b"\r\n")
+    assert statuses(reply) == [431]
+
+
 async def test_malformed_request_behind_a_good_one_is_answered_after_it(serve):
     async def handler(request: Request) -> ProxyResponse:
         await asyncio.sleep(0.05)

@@ -162,3 +162,27 @@ async def test_chunked_upstream_to_http10_client_is_close_delimited(raw_upstream
     head, _, received = reply.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head
     assert received.endswith(b"0\r\n\r\n")  # re-chunked for the HTTP/1.1 client
+
+
+async def test_request_trailers_are_not_forwarded(raw_upstream, start_sidecar):
+    received: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readuntil(b"0\r\n\r\n")  # the whole re-chunked body
+        received.append(head + body)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    port = await raw_upstream(upstream)
+    sidecar = await start_sidecar(one_route(f"http://127.0.0.1:{port}"))
+    reply = await raw_request(sidecar.ports["listener"],
+                              b"POST /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n"
+                              b"3\r\nabc\r\n0\r\nChecksum: 1f\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200")
+    forwarded = received[0]
+    assert b"Transfer-Encoding: chunked\r\n" in forwarded
+    assert forwarded.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # a bare last chunk
+    assert b"Checksum" not in forwarded
