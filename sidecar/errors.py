@@ -45,6 +45,7 @@ __all__ = [
     "RegistryError",
     "RequestTimeout",
     "SidecarError",
+    "TransferCodingNotImplemented",
     "UnknownCluster",
     "UpstreamConnectError",
     "UpstreamProtocolError",
@@ -167,6 +168,16 @@ class BodyTooLarge(BadRequest):
     status = 413
     code = "body_too_large"
     message = "The request body is too large."
+
+
+class TransferCodingNotImplemented(BadRequest):
+    """A request body with a transfer coding besides a final chunked (`gzip, chunked`).
+    The sidecar removes the chunked coding and would pass the others off as the
+    body's own bytes, so it answers 501 as RFC 9112 6.1 asks (nginx and Envoy do too)."""
+
+    status = 501
+    code = "transfer_coding_not_implemented"
+    message = "Only the chunked transfer coding is supported."
 
 
 class RequestTimeout(BadRequest):

@@ -63,6 +63,7 @@ from sidecar.errors import (
     InternalError,
     ProxyError,
     RequestTimeout,
+    TransferCodingNotImplemented,
     UriTooLong,
 )
 
@@ -116,6 +117,9 @@ class _Connection(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         self._connection_field = False  # the head being parsed has a Connection field
+        # Its Transfer-Encoding: a coding besides chunked, and whether chunked is last.
+        self._other_codings = False
+        self._chunked_last = False
         self._trailer_fields = 0  # of the request whose body is being read
         self._parsing: Request | None = None
         self._new: list[Request] = []  # requests whose heads this data_received parsed
@@ -227,6 +231,7 @@ class _Connection(asyncio.Protocol):
         self._fresh = False
         self._head_bytes = 0
         self._connection_field = False
+        self._other_codings = False
         self._trailer_fields = 0
 
     def on_url(self, url: bytes) -> None:
@@ -261,6 +266,12 @@ class _Connection(asyncio.Protocol):
                 request.expect_continue = value.lower() == b"100-continue"
             elif lname == b"transfer-encoding":
                 request.chunked = True  # llhttp accepts it only with chunked last
+                coding = value.strip().lower()
+                if coding != b"chunked":  # more codings than chunked: see below
+                    self._other_codings = True
+                    self._chunked_last = coding.rsplit(b",", 1)[-1].strip() == b"chunked"
+                else:
+                    self._chunked_last = True
             elif lname == b"connection":
                 self._connection_field = True
         elif len(name) == 14 and name.lower() == b"content-length":
@@ -277,6 +288,12 @@ class _Connection(asyncio.Protocol):
             raise _Stop
 
     def on_headers_complete(self) -> None:
+        if self._other_codings and self._chunked_last:
+            # `gzip, chunked`: the sidecar removes the chunked coding and would pass
+            # the others off as the body's own bytes (RFC 9112 6.1: 501). Without
+            # chunked last, llhttp rejects the head next (6.3: 400).
+            self._error = TransferCodingNotImplemented()
+            raise _Stop
         parser = self._parser
         keep_alive = parser.should_keep_alive()
         if keep_alive and not self._connection_field:

@@ -22,6 +22,12 @@ BAD_REQUESTS = {
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
     "transfer-encoding chunked then gzip":
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "chunked applied twice":
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "transfer-encoding chunked then gzip, in two fields":
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip"
+        b"\r\n\r\n0\r\n\r\n",
     "invalid chunk size":
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
     "chunk data longer than its size":
@@ -86,6 +92,31 @@ async def test_malformed_request_is_400_and_never_forwarded(proxied, case):
     assert error["code"] == "bad_request"
     assert error["request_id"]
     assert seen.requests == []
+
+
+@pytest.mark.parametrize("codings", [
+    [b"gzip, chunked"],
+    [b"gzip", b"chunked"],        # two fields: the same list
+    [b"x-custom ,  Chunked"],
+])
+async def test_a_transfer_coding_besides_chunked_is_501_and_never_forwarded(proxied, codings):
+    port, seen = proxied
+    fields = b"".join(b"Transfer-Encoding: %b\r\n" % coding for coding in codings)
+    status, headers, body = parse(await raw_request(
+        port, b"POST / HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n3\r\nabc\r\n0\r\n\r\n"))
+    assert status == 501
+    assert headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == "transfer_coding_not_implemented"
+    assert seen.requests == []
+
+
+async def test_chunked_alone_in_any_case_is_forwarded(proxied):
+    port, seen = proxied
+    status, _, _ = parse(await raw_request(
+        port, b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+              b"Transfer-Encoding:  CHUNKED \r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
+    assert status == 200
+    assert seen.requests[-1]["body"] == b"abc"
 
 
 async def test_oversized_uri_is_414(proxied):
