@@ -299,6 +299,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason  # may arrive in pieces when split across reads
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 17 and name.lower() == b"transfer-encoding" and (
+                value.strip().lower() != b"chunked"):
+            # A coding besides chunked (gzip, identity, ...): the client would get the
+            # coded bytes as the body once chunked is removed. nginx answers 502 too.
+            raise _StopParser("transfer coding other than chunked")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -61,11 +61,20 @@ async def test_redirects_are_passed_back_not_followed(start_upstream, start_side
     assert b"\r\nLocation: /elsewhere\r\n" in reply
 
 
-async def test_bad_upstream_framing_is_502(raw_upstream, start_sidecar, client):
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    # A coding besides chunked would reach the client as the body's own bytes.
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nabc",
+], ids=["length-and-chunked", "gzip-chunked", "gzip-then-chunked", "gzip", "identity"])
+async def test_bad_upstream_framing_is_502(raw_upstream, start_sidecar, client, response):
     async def both(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        writer.write(response)
         await writer.drain()
         writer.close()
 
