@@ -42,7 +42,9 @@ import httptools
 
 from sidecar.errors import ProxyError, UpstreamProtocolError, UpstreamReset
 
-__all__ = ["HIGH_WATER", "StaleConnection", "UpstreamConnection", "UpstreamResponse"]
+__all__ = ["HIGH_WATER", "MAX_BYTES_BEFORE_HEAD", "MAX_RESPONSE_FIELDS",
+           "MAX_RESPONSE_FIELD_BYTES", "StaleConnection", "UpstreamConnection",
+           "UpstreamResponse"]
 
 # Buffered response-body bytes above HIGH_WATER pause reading from the upstream socket.
 # read() hands out everything buffered at once (fewer awaits and writes downstream), so
@@ -52,6 +54,18 @@ HIGH_WATER: Final = 256 * 1024
 # segment); above it the copy costs more than the extra write.
 _COALESCE: Final = 64 * 1024
 _SMALL_CHUNK: Final = 16 * 1024
+# What an upstream may send before its answer is known, so that a broken or hostile
+# one cannot grow the sidecar's memory without end (Envoy: 100 fields and 60 KiB by
+# default; nginx: one 4-8 KiB buffer). Past them the response is a 502.
+#: Fields in one response head, and in its trailers.
+MAX_RESPONSE_FIELDS: Final = 200
+#: Bytes of field names and values in one response head, and in its trailers: summed
+#: once each is complete (a field count per field is cheaper; MAX_BYTES_BEFORE_HEAD
+#: bounds a head meanwhile).
+MAX_RESPONSE_FIELD_BYTES: Final = 64 * 1024
+#: Bytes read while waiting for the final head (whole reads, interim heads included):
+#: this bounds what llhttp's caller buffers for a field that never ends.
+MAX_BYTES_BEFORE_HEAD: Final = 1024 * 1024
 
 IDLE: Final = 0
 WAIT_HEAD: Final = 1
@@ -66,6 +80,14 @@ class StaleConnection(UpstreamReset):
     """A reused connection ended before any byte of the response: the request never
     reached the application, so it may be replayed on a fresh connection (the proxy's
     attempt loop decides; the pool never retries by itself)."""
+
+
+def _field_bytes(fields: list[tuple[bytes, bytes]]) -> int:
+    """Bytes of the names and values of `fields`."""
+    total = 0
+    for name, value in fields:
+        total += len(name) + len(value)
+    return total
 
 
 class _StopParser(Exception):
@@ -196,7 +218,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_pool", "_loop", "_transport", "_parser", "_state", "_resp", "_headers",
                  "_trailers", "_reason", "_waiter", "_error", "_head_request",
                  "_restart_parser", "_got_bytes", "_reused", "_body_sent", "_write_paused",
-                 "reading_paused", "idle_since", "in_use")
+                 "reading_paused", "idle_since", "in_use", "_bytes_before_head")
 
     _transport: asyncio.Transport
 
@@ -220,6 +242,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False
         self.idle_since = 0.0
         self.in_use = False
+        self._bytes_before_head = 0  # read since the request went out (a limit)
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -234,6 +257,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
+        if self._state == WAIT_HEAD:
+            self._bytes_before_head += len(data)
+            if self._bytes_before_head > MAX_BYTES_BEFORE_HEAD:
+                self._fail(UpstreamProtocolError(), _StopParser("response head too large"))
+                return
         try:
             self._parser.feed_data(data)
         except _PARSER_ERRORS as exc:
@@ -304,9 +332,14 @@ class UpstreamConnection(asyncio.Protocol):
             # A coding besides chunked (gzip, identity, ...): the client would get the
             # coded bytes as the body once chunked is removed. nginx answers 502 too.
             raise _StopParser("transfer coding other than chunked")
-        self._headers.append((name, value))
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > MAX_RESPONSE_FIELDS:  # their bytes: at the end of the head
+            raise _StopParser("too many response fields")
 
     def on_headers_complete(self) -> None:
+        if _field_bytes(self._headers) > MAX_RESPONSE_FIELD_BYTES:
+            raise _StopParser("response head too large")
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:
@@ -336,6 +369,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.pause_reading()
 
     def on_message_complete(self) -> None:
+        trailers = self._trailers
+        if trailers and _field_bytes(trailers) > MAX_RESPONSE_FIELD_BYTES:
+            raise _StopParser("response trailers too large")
         if self._state == BODY:  # in WAIT_HEAD this is the end of an interim response
             self._state = DONE
             assert self._resp is not None
@@ -355,6 +391,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._state = WAIT_HEAD
         self._head_request = head_request
         self._got_bytes = False
+        self._bytes_before_head = 0
         transport = self._transport
         if body is None:
             transport.write(head)

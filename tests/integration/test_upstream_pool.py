@@ -20,7 +20,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.core.addresses import UpstreamAddress
-from sidecar.dataplane.connection import HIGH_WATER, StaleConnection
+from sidecar.dataplane.connection import (
+    HIGH_WATER,
+    MAX_BYTES_BEFORE_HEAD,
+    MAX_RESPONSE_FIELD_BYTES,
+    MAX_RESPONSE_FIELDS,
+    StaleConnection,
+)
 from sidecar.dataplane.pool import UpstreamPool, UpstreamResponse
 from sidecar.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamReset
 
@@ -405,6 +411,15 @@ MALFORMED = {
                                    b"Content-Length: 2\r\n\r\nhiMORE",
     "switching-protocols": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
                            b"Connection: upgrade\r\n\r\n",
+    "too-many-fields": b"HTTP/1.1 200 OK\r\n"
+                       + b"".join(b"X-%d: v\r\n" % i for i in range(MAX_RESPONSE_FIELDS))
+                       + b"Content-Length: 0\r\n\r\n",
+    "fields-too-large": b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * (MAX_RESPONSE_FIELD_BYTES // 2)
+                        + b"\r\nX-B: " + b"b" * (MAX_RESPONSE_FIELD_BYTES // 2)
+                        + b"\r\nContent-Length: 0\r\n\r\n",
+    "trailers-too-large": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
+                          + b"".join(b"T-%d: v\r\n" % i for i in range(MAX_RESPONSE_FIELDS + 1))
+                          + b"\r\n",
 }
 
 
@@ -418,6 +433,39 @@ async def test_malformed_response_raises_protocol_error(response: bytes) -> None
                 await read_all(resp)
             finally:
                 resp.release()
+        await server.closed.wait()  # the client dropped the connection
+        assert (pool.idle_count, pool.active_count) == (0, 0)
+        pool.close()
+
+
+async def test_a_head_at_the_limits_is_accepted() -> None:
+    fields = MAX_RESPONSE_FIELDS - 1  # and Content-Length
+    size = (MAX_RESPONSE_FIELD_BYTES - len(b"Content-Length0")) // fields
+    value = b"v" * (size - len(b"X-000"))
+    head = b"".join(b"X-%03d: %b\r\n" % (i, value) for i in range(fields))
+    async with RawServer(replies(b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: 0\r\n\r\n")
+                         ) as server:
+        pool = server.pool()
+        resp = await pool.request(GET)
+        assert len(resp.headers) == MAX_RESPONSE_FIELDS and resp.status == 200
+        resp.release()
+        pool.close()
+
+
+async def test_a_head_that_never_ends_fails_once_it_passes_the_read_limit() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        chunk = b"a" * 65536
+        for _ in range(MAX_BYTES_BEFORE_HEAD // len(chunk) + 2):
+            writer.write(chunk)
+            await writer.drain()
+        await reader.read()
+
+    async with RawServer(endless) as server:
+        pool = server.pool()
+        with pytest.raises(UpstreamProtocolError):
+            await pool.request(GET)
         await server.closed.wait()  # the client dropped the connection
         assert (pool.idle_count, pool.active_count) == (0, 0)
         pool.close()
