@@ -17,7 +17,10 @@ What the listener guarantees, so the proxy does not have to:
   at a time; a request that arrives while another is answered waits (and reading
   pauses until its turn). A request that ends the connection (`Connection: close`,
   HTTP/1.0 without keep-alive, an upgrade) is answered and the rest of the stream
-  is never parsed.
+  is never parsed. So is the `MAX_PIPELINED`-th request waiting on a connection: it
+  is answered with `Connection: close` (one read of tiny pipelined requests would
+  otherwise queue thousands of them), and the client retries the rest on a new
+  connection, as RFC 9112 9.3.2 asks of a client that pipelines.
 * Flow control both ways: request bodies are buffered up to `BODY_HIGH_WATER`,
   then the socket stops being read until the proxy has taken the bytes; response
   writes wait while the transport's buffer is full.
@@ -67,7 +70,7 @@ from sidecar.errors import (
     UriTooLong,
 )
 
-__all__ = ["BODY_HIGH_WATER", "Listener", "Request", "RequestTimeout"]
+__all__ = ["BODY_HIGH_WATER", "MAX_PIPELINED", "Listener", "Request", "RequestTimeout"]
 
 log = logging.getLogger("sidecar.listener")
 
@@ -80,6 +83,9 @@ BODY_LOW_WATER: Final = 64 * 1024
 #: closing a socket with unread input sends a reset, which can destroy the answer in
 #: the client's receive buffer before the client reads it (nginx's lingering close).
 LINGER_SECONDS: Final = 2.0
+#: Requests parsed and not yet answered on one connection (the one being answered
+#: included), at most; the last of them closes the connection (module docstring).
+MAX_PIPELINED: Final = 64
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 # A body longer than this is not copied behind its head: head and body go to the
 # transport as two buffers (uvloop sends them with one writev); a shorter one is
@@ -317,7 +323,10 @@ class _Connection(asyncio.Protocol):
         request.version = version
         request.keep_alive = keep_alive and not parser.should_upgrade() and not self._draining
         self._parsing = request
-        self._new.append(request)
+        new = self._new
+        new.append(request)
+        if len(new) + len(self._pipeline) + (self._active is not None) >= MAX_PIPELINED:
+            request.keep_alive = False  # the last one this connection takes
 
     def on_body(self, body: bytes) -> None:
         request = self._parsing

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from sidecar.dataplane.listener import BODY_HIGH_WATER, Listener, Request
+from sidecar.dataplane.listener import BODY_HIGH_WATER, MAX_PIPELINED, Listener, Request
 from sidecar.dataplane.response import ProxyResponse
 
 from .conftest import Gate, raw_request, url_of
@@ -92,6 +92,38 @@ async def test_pipelined_body_waits_for_its_turn_and_arrives_whole(serve):
     assert statuses(reply) == [200, 200, 200]
     assert [part.rpartition(b"\r\n\r\n")[2][:5] for part in reply.split(b"HTTP/1.1 ")[1:]] \
         == [b"-", b"hello", b"abc"]
+
+
+async def test_a_pipeline_deeper_than_the_cap_is_answered_up_to_it_then_closed(serve):
+    paths: list[str] = []
+
+    async def handler(request: Request) -> ProxyResponse:
+        paths.append(request.raw_path)
+        return plain(request, b"ok")
+
+    _, port = await serve(handler)
+    burst = b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i
+                     for i in range(MAX_PIPELINED + 36))  # one write, so one or few reads
+    reply = await raw_request(port, burst)
+    # Each answered in order; the last one announces the close; nothing after it is
+    # parsed (the client retries those on a new connection).
+    assert paths == [f"/{i}" for i in range(MAX_PIPELINED)]
+    assert statuses(reply) == [200] * MAX_PIPELINED
+    assert reply.count(b"Connection: close") == 1
+    assert reply.rindex(b"Connection: close") > reply.rindex(b"HTTP/1.1 200")
+
+
+async def test_a_pipeline_within_the_cap_keeps_the_connection(serve):
+    async def handler(request: Request) -> ProxyResponse:
+        return plain(request, b"ok")
+
+    _, port = await serve(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(3):  # the cap counts what waits, not what was answered before
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * (MAX_PIPELINED - 1))
+        replies = [await reader.readuntil(b"\r\n\r\nok") for _ in range(MAX_PIPELINED - 1)]
+        assert all(b"Connection: close" not in reply for reply in replies)
+    writer.close()
 
 
 async def test_http10_keep_alive_is_honoured(serve):
