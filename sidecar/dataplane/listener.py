@@ -58,6 +58,7 @@ from typing import Final, cast
 import httptools
 
 from sidecar.core.headers import new_request_id
+from sidecar.core.routing import valid_host
 from sidecar.dataplane.request import NO_BODY_STATUSES, Request
 from sidecar.dataplane.response import ProxyResponse, error_response
 from sidecar.errors import (
@@ -262,6 +263,9 @@ class _Connection(asyncio.Protocol):
             if lname == b"host":
                 if request.host is not None:
                     self._error = BadRequest("A request carries one Host header.")
+                    raise _Stop
+                if not valid_host(value):
+                    self._error = BadRequest("The Host header is invalid.")
                     raise _Stop
                 request.host = value.decode("latin-1")
             elif lname == b"x-request-id":

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
 
+from sidecar.core.routing import valid_host
 from sidecar.dataplane.response import ProxyResponse
 from sidecar.errors import BadRequest, BodyTooLarge
 
@@ -248,7 +249,7 @@ def absolute_form(request: Request, target: str) -> tuple[str, str]:
             end = slash
             path = rest[slash:]
         authority = rest[:end]
-        if not authority or "@" in authority:
+        if not authority or not valid_host(authority.encode("utf-8", "surrogateescape")):
             raise BadRequest("The request target's authority is invalid.")
         if authority != request.host:
             raw = authority.encode("utf-8", "surrogateescape")

@@ -56,6 +56,18 @@ BAD_REQUESTS = {
         b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n",
     "duplicate Host":
         b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    "Host with a space":
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "Host with a slash":
+        b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+    "Host with userinfo":
+        b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+    "Host with two ports":
+        b"GET / HTTP/1.1\r\nHost: a:80:90\r\n\r\n",
+    "Host with a non-ASCII byte":
+        b"GET / HTTP/1.1\r\nHost: \xc3\xa9.test\r\n\r\n",
+    "absolute-form authority with two ports":
+        b"GET http://a:80:90/x HTTP/1.1\r\nHost: a\r\n\r\n",
     "relative request target":
         b"GET foo HTTP/1.1\r\nHost: x\r\n\r\n",
 }

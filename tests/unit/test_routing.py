@@ -15,6 +15,7 @@ from sidecar.core.routing import (
     host_without_port,
     normalize_path,
     routable_path,
+    valid_host,
 )
 from sidecar.errors import BadRequest, MethodNotAllowed, NoRoute, UnknownCluster
 
@@ -429,3 +430,27 @@ def test_paths_that_could_bypass_a_route_are_refused(target: str) -> None:
 ])
 def test_host_routes_match_the_host_without_its_port(host: str, name: str) -> None:
     assert host_without_port(host) == name
+
+
+@pytest.mark.parametrize("host", [
+    "example.com", "Example.COM:8080", "127.0.0.1:8000", "[::1]", "[::1]:80",
+    "[2001:db8::7]:443", "a:", "", "svc-1.ns.svc.cluster.local", "a_b~c", "%41.test",
+    "a;b", "a,b", "a!$&'()*+=b",  # sub-delims are reg-name characters (RFC 3986)
+])
+def test_valid_host_values(host: str) -> None:
+    assert valid_host(host.encode())
+
+
+@pytest.mark.parametrize("host", [
+    "a b", "a/b", "a\\b", "user@a", "a:80:90", "a:x", "a:80 ", " a", "a\tb", "é.test",
+    "[::1", "::1", "[::1]x", "a?b", "a#b", '"a"', "a<b>",
+])
+def test_invalid_host_values(host: str) -> None:
+    assert not valid_host(host.encode())
+
+
+@pytest.mark.parametrize("byte", range(0x80, 0x100))
+def test_no_byte_past_ascii_is_valid_in_a_host(byte: int) -> None:
+    # Latin-1 has digits by str.isdigit() (b"\xb2" is superscript two): never a port.
+    assert not valid_host(b"a:" + bytes([byte]))
+    assert not valid_host(bytes([byte]) + b".test")
