@@ -87,6 +87,10 @@ LINGER_SECONDS: Final = 2.0
 #: Requests parsed and not yet answered on one connection (the one being answered
 #: included), at most; the last of them closes the connection (module docstring).
 MAX_PIPELINED: Final = 64
+#: Bytes read after a chunk header that no chunk data followed: a chunked body's
+#: trailers, whose one field value httptools would buffer without end (at least the
+#: head limit; a read is at most 256 KiB, so one read never passes it).
+_MAX_TRAILER_BYTES: Final = 1024 * 1024
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 # A body longer than this is not copied behind its head: head and body go to the
 # transport as two buffers (uvloop sends them with one writev); a shorter one is
@@ -128,6 +132,11 @@ class _Connection(asyncio.Protocol):
         self._other_codings = False
         self._chunked_last = False
         self._trailer_fields = 0  # of the request whose body is being read
+        # Set by a chunk header until its data comes: what is read meanwhile may be
+        # trailers (the last chunk), and is counted against _MAX_TRAILER_BYTES.
+        self._maybe_trailers = False
+        self._trailer_bytes = 0
+        self._max_trailer_bytes = max(self._max_head, _MAX_TRAILER_BYTES)
         self._parsing: Request | None = None
         self._new: list[Request] = []  # requests whose heads this data_received parsed
         self._error: ProxyError | None = None
@@ -178,6 +187,11 @@ class _Connection(asyncio.Protocol):
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head:
+                self._parse_failed(HeadersTooLarge())
+                return
+        elif self._maybe_trailers:
+            self._trailer_bytes += len(data)
+            if self._trailer_bytes > self._max_trailer_bytes:
                 self._parse_failed(HeadersTooLarge())
                 return
         try:
@@ -240,6 +254,7 @@ class _Connection(asyncio.Protocol):
         self._connection_field = False
         self._other_codings = False
         self._trailer_fields = 0
+        self._maybe_trailers = False
 
     def on_url(self, url: bytes) -> None:
         url = self._url + url if self._url else url
@@ -332,7 +347,12 @@ class _Connection(asyncio.Protocol):
         if len(new) + len(self._pipeline) + (self._active is not None) >= MAX_PIPELINED:
             request.keep_alive = False  # the last one this connection takes
 
+    def on_chunk_header(self) -> None:
+        self._maybe_trailers = True  # until on_body: the last chunk has no data
+        self._trailer_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self._maybe_trailers = False
         request = self._parsing
         if request is None or request._discard:
             return
@@ -350,6 +370,7 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        self._maybe_trailers = False
         request = self._parsing
         if request is None:
             return

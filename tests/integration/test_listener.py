@@ -12,6 +12,7 @@ import pytest
 
 from sidecar.dataplane.listener import BODY_HIGH_WATER, MAX_PIPELINED, Listener, Request
 from sidecar.dataplane.response import ProxyResponse
+from sidecar.errors import BadRequest
 
 from .conftest import Gate, raw_request, url_of
 
@@ -327,6 +328,51 @@ async def test_trailer_fields_of_a_chunked_body_are_read_and_dropped(serve):
     # The head's fields only: a trailer never reaches the request's fields.
     assert seen[0][1] == [(b"Host", b"x"), (b"Transfer-Encoding", b"chunked")]
     assert seen[1][0] == b""
+
+
+async def test_a_trailer_value_without_end_fails_the_body_instead_of_growing(serve):
+    outcome: list[str] = []
+
+    async def handler(request: Request) -> ProxyResponse:
+        try:
+            body = b"".join([chunk async for chunk in request.stream()])
+        except BadRequest:
+            outcome.append("refused")
+            return plain(request, b"bad", 400)
+        outcome.append("read")
+        return plain(request, body)
+
+    _, port = await serve(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\nabc\r\n0\r\nX-Endless: ")
+    for _ in range(40):  # 2.5 MiB of one value, past the 1 MiB allowance
+        writer.write(b"a" * 65536)
+        await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert outcome == ["refused"]
+    assert reply.startswith(b"HTTP/1.1 400")
+
+
+async def test_chunked_bodies_in_many_reads_are_not_taken_for_trailers(serve):
+    async def handler(request: Request) -> ProxyResponse:
+        body = b"".join([chunk async for chunk in request.stream()])
+        return plain(request, b"%d" % len(body))
+
+    _, port = await serve(handler, max_header_bytes=256, max_headers=8)  # a small head limit
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 b"Connection: close\r\n\r\n")
+    for _ in range(16):  # each chunk header in one write, its 256 KiB of data in the next
+        writer.write(b"40000\r\n")
+        await writer.drain()
+        writer.write(b"b" * 0x40000 + b"\r\n")
+        await writer.drain()
+    writer.write(b"0\r\nChecksum: 1\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"%d" % (16 * 0x40000))
 
 
 @pytest.mark.parametrize("trailers", [
