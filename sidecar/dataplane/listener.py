@@ -254,7 +254,6 @@ class _Connection(asyncio.Protocol):
         self._connection_field = False
         self._other_codings = False
         self._trailer_fields = 0
-        self._maybe_trailers = False
 
     def on_url(self, url: bytes) -> None:
         url = self._url + url if self._url else url
@@ -370,7 +369,7 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        self._maybe_trailers = False
+        self._maybe_trailers = False  # (the next message begins with it off)
         request = self._parsing
         if request is None:
             return

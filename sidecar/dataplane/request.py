@@ -249,10 +249,10 @@ def absolute_form(request: Request, target: str) -> tuple[str, str]:
             end = slash
             path = rest[slash:]
         authority = rest[:end]
-        if not authority or not valid_host(authority.encode("utf-8", "surrogateescape")):
+        raw = authority.encode("utf-8", "surrogateescape")
+        if not raw or not valid_host(raw):
             raise BadRequest("The request target's authority is invalid.")
         if authority != request.host:
-            raw = authority.encode("utf-8", "surrogateescape")
             if request.host is None:
                 request.raw_headers = [*request.raw_headers, (b"Host", raw)]
             else:
