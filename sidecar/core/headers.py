@@ -70,8 +70,6 @@ def _fast_randbytes(n: int) -> bytes:
 
 # A module variable, not a direct call: tests replace it with a fixed source.
 _randbytes: Callable[[int], bytes] = _fast_randbytes
-_ZERO_TRACE: Final = bytes(16)
-_ZERO_PARENT: Final = bytes(8)
 _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 # b" 200 " for every status code a head can carry: an index instead of formatting.
 _STATUS_CODES: Final = [b" %d " % code for code in range(600)]
@@ -94,28 +92,72 @@ _REQUEST_LENGTHS: Final = _length_mask(_REQUEST_OWNED)
 _RESPONSE_LENGTHS: Final = _length_mask(_RESPONSE_OWNED)
 
 
+class _RandomHex:
+    """Random lower-case hex digits, made 64 ids at a time.
+
+    A request without a traceparent needs 48 random hex digits on its critical path
+    (before its head goes upstream); made one request at a time they cost a
+    `getrandbits`, a `to_bytes` and a `hexlify` each, about 3k instructions. Made in
+    batches, a request takes two slices. Not secrets: a fast PRNG is fine (the
+    module's `_randbytes`, read at each refill so that tests can replace it)."""
+
+    __slots__ = ("_digits", "_at")
+
+    def __init__(self) -> None:
+        self._digits = b""
+        self._at = 0
+
+    def take(self, count: int) -> bytes:
+        at = self._at
+        end = at + count
+        if end > len(self._digits):
+            self._digits = _hexlify(_randbytes(_RANDOM_BATCH))
+            at, end = 0, count
+        self._at = end
+        return self._digits[at:end]
+
+    def reset(self) -> None:
+        """Drop the digits made so far (a forked child must not repeat its parent's)."""
+        self._digits = b""
+        self._at = 0
+
+
+_RANDOM_BATCH: Final = 64 * 24  # bytes: 64 traceparents' ids
+_random_hex: Final = _RandomHex()
+
+
+def _after_fork() -> None:
+    _random.seed(os.urandom(16))
+    _random_hex.reset()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def new_request_id() -> bytes:
     """128 random bits as 32 hex digits. Not a secret, so a fast PRNG is fine."""
-    return _hexlify(_randbytes(16))  # half the cost of b"%032x" % getrandbits(128)
+    return _random_hex.take(32)
 
 
 _TRACEPARENT: Final = re.compile(
     r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_ZERO_TRACE_HEX: Final = b"0" * 32
+_ZERO_PARENT_HEX: Final = b"0" * 16
+_ONE_TRACE_HEX: Final = b"0" * 31 + b"1"
+_ONE_PARENT_HEX: Final = b"0" * 15 + b"1"
 
 
 def new_traceparent(sampled: bool) -> bytes:
     """A W3C traceparent starting a trace: version 00, a random trace id and parent id,
     and the sampled flag as configured (off by default: the application decides)."""
-    # 24 random bytes as hex, a dash before the last 8: trace id, then parent id. An
-    # all-zero id is invalid (2^-64 at worst); it becomes 1. (Slices and compares: a
-    # find() on the hex costs twice as much, in its argument parsing.)
-    raw = _randbytes(24)
-    trace, parent = raw[:16], raw[16:]
-    if trace == _ZERO_TRACE or parent == _ZERO_PARENT:
-        raw = ((trace if trace != _ZERO_TRACE else _ZERO_TRACE[1:] + b"\x01")
-               + (parent if parent != _ZERO_PARENT else _ZERO_PARENT[1:] + b"\x01"))
-    ids = _hexlify(raw, b"-", -16)
-    return b"00-" + ids + (b"-01" if sampled else b"-00")
+    trace = _random_hex.take(32)
+    parent = _random_hex.take(16)
+    # An all-zero id is invalid (2^-64 at worst); it becomes 1.
+    if trace == _ZERO_TRACE_HEX:
+        trace = _ONE_TRACE_HEX
+    if parent == _ZERO_PARENT_HEX:
+        parent = _ONE_PARENT_HEX
+    return b"00-%b-%b-%b" % (trace, parent, b"01" if sampled else b"00")
 
 
 def trace_id(traceparent: str | None) -> str | None:
@@ -156,6 +198,22 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
+# The fields of a head are gathered one `%` per field: compiled, mypyc builds each
+# with one allocation and a memcpy of its parts (CPyBytes_Build), where every item of
+# a b"".join pays a buffer acquisition and release (about 100 instructions: a head
+# built from a list of four items per field cost 4-5k instructions more). Past _SPILL
+# bytes the gathered lines move to a list, so that a large head is not copied again
+# for each further field.
+_SPILL: Final = 2048
+
+
+def _spill(spilled: list[bytes] | None, fields: bytes) -> list[bytes]:
+    if spilled is None:
+        return [fields]
+    spilled.append(fields)
+    return spilled
+
+
 def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple[bytes, bytes]],
                        *, host: bytes | None, client: bytes, proto: bytes, request_id: bytes,
                        framing: bytes, via_version: bytes = b"1.1",
@@ -166,7 +224,8 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
     None keeps the client's Host. `framing`: b"Content-Length: N\\r\\n",
     b"Transfer-Encoding: chunked\\r\\n" or b"" for no body.
     """
-    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    fields = b""  # the client's fields that pass, as lines
+    spilled: list[bytes] | None = None
     client_host = b""
     # Usually absent: a client's X-Forwarded-For and Via values, joined as they come
     # (no list and no join per request); Connection values, a list only when present.
@@ -191,12 +250,10 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
                     else:
                         conn.append(value)
                 continue
-        # Four appends: compiled, each is a C call; a tuple to extend with would be
-        # allocated and freed per field.
-        lines.append(name)
-        lines.append(_SEP)
-        lines.append(value)
-        lines.append(_CRLF)
+        fields = b"%b%b: %b\r\n" % (fields, name, value)
+        if len(fields) > _SPILL:
+            spilled = _spill(spilled, fields)
+            fields = b""
     if conn is not None and owned is _REQUEST_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:  # rare: rebuild, dropping the fields Connection names as hop-by-hop
@@ -204,18 +261,22 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
                 method, target, raw_headers, host=host, client=client, proto=proto,
                 request_id=request_id, framing=framing, via_version=via_version,
                 _owned=owned | tokens)
+    if spilled is not None:
+        spilled.append(fields)
+        fields = b"".join(spilled)
     forwarded_for = forwarded_for + _LIST_SEP + client if forwarded_for else client
     entry = _VIA_ENTRIES.get(via_version) or via_version + b" " + VIA_PSEUDONYM
     via = via + _LIST_SEP + entry if via else entry
-    # The sidecar's own fields, each separator merged with the next name: every item
-    # of a join costs a buffer acquisition, so fewer, longer constants are cheaper.
-    lines += (b"Host: ", host if host is not None else client_host,
-              b"\r\nX-Forwarded-For: ", forwarded_for,
-              b"\r\nX-Forwarded-Proto: ", proto)
+    if host is None:
+        host = client_host
     if client_host:
-        lines += (b"\r\nX-Forwarded-Host: ", client_host)
-    lines += (b"\r\nX-Request-Id: ", request_id, b"\r\nVia: ", via, _CRLF, framing, _CRLF)
-    return b"".join(lines)
+        return (b"%b %b HTTP/1.1\r\n%bHost: %b\r\nX-Forwarded-For: %b\r\n"
+                b"X-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\nX-Request-Id: %b\r\n"
+                b"Via: %b\r\n%b\r\n" % (method, target, fields, host, forwarded_for, proto,
+                                       client_host, request_id, via, framing))
+    return (b"%b %b HTTP/1.1\r\n%bHost: %b\r\nX-Forwarded-For: %b\r\n"
+            b"X-Forwarded-Proto: %b\r\nX-Request-Id: %b\r\nVia: %b\r\n%b\r\n"
+            % (method, target, fields, host, forwarded_for, proto, request_id, via, framing))
 
 
 def build_response_head(version: bytes, status: int, reason: bytes,
@@ -233,7 +294,9 @@ def build_response_head(version: bytes, status: int, reason: bytes,
     (a route's security headers).
     """
     code = _STATUS_CODES[status] if 100 <= status < 600 else b" %d " % status
-    lines = [b"HTTP/", version, code, reason or _REASONS.get(status, b"Unknown"), _CRLF]
+    reason = reason or _REASONS.get(status, b"Unknown")
+    fields = b""  # the upstream's fields that pass, as lines
+    spilled: list[bytes] | None = None
     via = b""  # the upstream's Via values, joined as they come (usually none)
     conn: list[bytes] | None = None
     owned = _owned | replace if replace else _owned
@@ -251,16 +314,19 @@ def build_response_head(version: bytes, status: int, reason: bytes,
                     else:
                         conn.append(value)
                 continue
-        lines.append(name)  # four appends, as in build_request_head
-        lines.append(_SEP)
-        lines.append(value)
-        lines.append(_CRLF)
+        fields = b"%b%b: %b\r\n" % (fields, name, value)
+        if len(fields) > _SPILL:
+            spilled = _spill(spilled, fields)
+            fields = b""
     if conn is not None and _owned is _RESPONSE_OWNED and not _only_persistence(conn):
         tokens = connection_tokens(conn) - {b"close", b"keep-alive"}
         if tokens:
             return build_response_head(
                 version, status, reason, raw_headers, framing=framing, request_id=request_id,
                 keep_content_length=keep_content_length, _owned=owned | tokens)
+    if spilled is not None:
+        spilled.append(fields)
+        fields = b"".join(spilled)
     via = via + _LIST_SEP + _VIA_SELF if via else _VIA_SELF
-    lines += (b"X-Request-Id: ", request_id, b"\r\nVia: ", via, _CRLF, framing, _CRLF)
-    return b"".join(lines)
+    return (b"HTTP/%b%b%b\r\n%bX-Request-Id: %b\r\nVia: %b\r\n%b\r\n"
+            % (version, code, reason, fields, request_id, via, framing))

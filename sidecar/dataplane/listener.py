@@ -427,27 +427,24 @@ class _Connection(asyncio.Protocol):
                 log.error("request handler failed", exc_info=exc)
                 response = error_response(InternalError(), new_request_id().decode(),
                                           request.version, keep_alive=False)
-                if request._response is not None:  # already started: cut it
-                    self.abort()
+                sent = request._response
+                if sent is not None:
+                    if sent.body is not None:  # sent whole: let it arrive, then close
+                        self._ended = True
+                        transport.close()
+                    else:  # a streamed response, cut short: cut the connection
+                        self.abort()
                     return
             if transport.is_closing():
                 return
-            if request._response is not None:  # a streamed response: end it
+            if request._response is not None:  # streamed, or sent whole: end it
                 if response.aborted_status is not None:
                     return
                 if response.chunked and request.method != "HEAD" and (
                         response.status not in NO_BODY_STATUSES):
                     transport.write(_LAST_CHUNK)
             else:
-                body = response.body
-                if body and request.method != "HEAD" and (
-                        response.status not in NO_BODY_STATUSES):
-                    if len(body) > _COPY_LIMIT:
-                        transport.writelines((response.head, body))  # uvloop: one writev
-                    else:
-                        transport.write(response.head + body)
-                else:
-                    transport.write(response.head)
+                self.write_whole(request, response)
             if (not (response.keep_alive and request.keep_alive) or self._draining
                     or (request.expect_continue and not request.complete)):
                 # (A client told neither 100 Continue nor the end of the exchange may
@@ -483,6 +480,20 @@ class _Connection(asyncio.Protocol):
                 request = await waiter
             except asyncio.CancelledError:
                 return
+
+    def write_whole(self, request: Request, response: ProxyResponse) -> None:
+        """A complete response in one write (the body not for HEAD, 204 or 304)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        body = response.body
+        if body and request.method != "HEAD" and response.status not in NO_BODY_STATUSES:
+            if len(body) > _COPY_LIMIT:
+                transport.writelines((response.head, body))  # uvloop: one writev
+            else:
+                transport.write(response.head + body)
+        else:
+            transport.write(response.head)
 
     async def send(self, data: bytes) -> None:
         """Write, and wait while the transport's buffer is over its high-water mark."""

@@ -55,7 +55,7 @@ from sidecar.core.headers import (
     new_traceparent,
     valid_request_id,
 )
-from sidecar.core.hosts import Host
+from sidecar.core.hosts import Host, HostSet
 from sidecar.core.limits import MAX_PENDING, ClusterLimits
 from sidecar.core.retry import (
     CONNECT_FAILURE,
@@ -506,12 +506,21 @@ class Proxy:
                     status = upstream.status
                     failure = classify_status(status)
                     if failure is None or not policy.retries_status(status):
-                        # An answer the client gets: the breaker learns, then respond.
-                        if failure is not None:
-                            hosts.on_failure(host, failure)
-                        else:
-                            hosts.on_success(host)
-                        self._attempted(host, now, failure)
+                        # An answer the client gets. One that has all arrived is sent
+                        # first, and the breaker and the stats learn while the client
+                        # reads it (off its latency); for a streamed one they learn
+                        # now, not when its body ends.
+                        if upstream.complete and not (gateway_fallback
+                                                      and status in GATEWAY_STATUSES):
+                            try:
+                                response = self._whole(request, upstream, upstream.body(),
+                                                       rid, version, store, extra)
+                            except BaseException:
+                                upstream.abort()
+                                raise
+                            self._learn(hosts, host, now, failure)
+                            return response
+                        self._learn(hosts, host, now, failure)
                         return await self._respond_upstream(request, upstream, host, rid,
                                                             version, cluster_name, store,
                                                             extra, gateway_fallback)
@@ -565,6 +574,15 @@ class Proxy:
             if plan is not None:
                 plan.finish()
             limits.done()
+
+    def _learn(self, hosts: HostSet, host: Host, started: float, failure: str | None) -> None:
+        """The breaker (and outlier detection) learn an answer's outcome; the rolling
+        stats count the attempt."""
+        if failure is not None:
+            hosts.on_failure(host, failure)
+        else:
+            hosts.on_success(host)
+        self._attempted(host, started, failure)
 
     def _attempted(self, host: Host, started: float, failure: str | None) -> None:
         """An attempt to `host` that started at `started` ended (its head came, or it
@@ -674,11 +692,9 @@ class Proxy:
                version: bytes,
                store: Callable[[UpstreamResponse, bytes], None] | None = None,
                extra: bytes = b"") -> ProxyResponse:
-        """The response with its whole body: head and body go out in one write."""
-        upstream.release()
+        """The response with its whole body: head and body go out in one write, now
+        (`Request.respond`), before the bookkeeping that follows."""
         status = upstream.status
-        if store is not None and status == 200:
-            store(upstream, body)
         keep_alive = request.keep_alive
         no_body = status in (204, 304) or status < 200 or request.method == "HEAD"
         framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body)) + extra
@@ -686,7 +702,12 @@ class Proxy:
         head = build_response_head(version, status, upstream.reason, upstream.headers,
                                    framing=framing, request_id=rid, keep_content_length=no_body,
                                    replace=_field_names(extra) if extra else _NO_NAMES)
-        return ProxyResponse(status, head, body=body, keep_alive=keep_alive)
+        response = ProxyResponse(status, head, body=body, keep_alive=keep_alive)
+        request.respond(response)
+        upstream.release()
+        if store is not None and status == 200:
+            store(upstream, body)
+        return response
 
     async def _respond(self, request: Request, upstream: UpstreamResponse, rid: bytes,
                        version: bytes, cluster_name: str,

@@ -4,7 +4,8 @@
 `Proxy.handle` reads. It owns the request body's buffer and its flow control (the
 proxy's reads wake on arrival; taking the bytes resumes reading from the client), the
 body-size limit as bytes arrive, `100 Continue`, and the response's way back to the
-client (`start`, `write`, `abort`). The connection it belongs to is a `Channel`: the
+client (`respond` for a complete response, `start`, `write` and `abort` for a
+streamed one). The connection it belongs to is a `Channel`: the
 listener's `_Connection`, which parses, schedules and writes.
 """
 
@@ -38,6 +39,9 @@ class Channel(Protocol):
 
     async def send(self, data: bytes) -> None:
         """Write to the client, waiting while the transport's buffer is full."""
+
+    def write_whole(self, request: Request, response: ProxyResponse) -> None:
+        """Write a complete response (head and body, none for HEAD, 204 and 304)."""
 
     def abort(self) -> None:
         """Cut the connection."""
@@ -188,6 +192,18 @@ class Request:
         self._wake()
 
     # ------------------------------------------------------------ response, for the proxy
+
+    def respond(self, response: ProxyResponse) -> None:
+        """Send a complete response now, before the handler returns.
+
+        The proxy calls this as soon as an upstream's whole answer is in: the metrics,
+        breaker and budget bookkeeping that follow (in the handler's `finally` blocks)
+        then run while the client reads the answer, not before it is written, which
+        takes them off the latency a client sees. The listener writes nothing more for
+        it when the handler returns the same response."""
+        self._response = response
+        response.started = True
+        self._conn.write_whole(self, response)
 
     async def start(self, response: ProxyResponse) -> None:
         """Write the head of a response whose body follows in `write` calls."""

@@ -38,7 +38,7 @@ class ProxyResponse:
         self.body = body
         self.chunked = chunked
         self.keep_alive = keep_alive
-        #: The head has been written (a streamed response).
+        #: The head has been written (`Request.start`, or all of it: `Request.respond`).
         self.started = False
         #: Set when the response was cut short after it started: what the metrics record.
         self.aborted_status: int | None = None

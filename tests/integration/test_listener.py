@@ -225,6 +225,46 @@ async def test_handler_crash_is_json_500_and_closes(serve):
     assert b"secret" not in reply
 
 
+async def test_a_response_sent_before_the_handler_returns_is_written_once(serve):
+    # Request.respond writes a complete response at once (the proxy sends an upstream's
+    # answer before its bookkeeping); the listener then writes nothing more for it.
+    may_return = asyncio.Event()
+
+    async def handler(request: Request) -> ProxyResponse:
+        response = plain(request, b"early " + request.raw_path.encode())
+        request.respond(response)
+        if request.raw_path == "/1":
+            await may_return.wait()
+        return response
+
+    _, port = await serve(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(5):
+        first = await reader.readuntil(b"early /1")  # while the handler still runs
+    may_return.set()
+    writer.write(b"HEAD /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    async with asyncio.timeout(5):
+        rest = await reader.read()
+    writer.close()
+    assert first.startswith(b"HTTP/1.1 200") and first.count(b"HTTP/1.1") == 1
+    assert rest.startswith(b"HTTP/1.1 200") and rest.count(b"HTTP/1.1") == 1
+    assert rest.endswith(b"\r\n\r\n")  # HEAD: the head alone
+
+
+async def test_a_handler_failing_after_its_response_was_sent_closes_cleanly(serve):
+    # The client has a complete answer: it keeps it (no reset cutting it, no 500 after
+    # it), and the connection closes since the handler's state is unknown.
+    async def handler(request: Request) -> ProxyResponse:
+        request.respond(plain(request, b"answered"))
+        raise RuntimeError("bookkeeping bug")
+
+    _, port = await serve(handler)
+    reply = await raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"\r\n\r\nanswered")
+    assert reply.count(b"HTTP/1.1") == 1
+
+
 async def test_idle_keep_alive_connection_closes_after_the_idle_timeout(serve):
     async def handler(request: Request) -> ProxyResponse:
         return plain(request, b"ok")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -92,6 +93,22 @@ def test_request_keeps_end_to_end_fields_in_order_byte_for_byte() -> None:
     ]
     _, pairs = parse(request_head(raw))
     assert pairs[:7] == raw[1:]
+
+
+@pytest.mark.parametrize("count", [1, 40, 100])
+@pytest.mark.parametrize("size", [0, 100, 8000])
+def test_large_heads_keep_every_field_in_order(count: int, size: int) -> None:
+    # Heads far past the size at which gathered lines move to a list, one line at a
+    # time or many: nothing lost, doubled or reordered, in either direction.
+    raw = [(b"X-F%d" % i, bytes([97 + i % 26]) * (size + i)) for i in range(count)]
+    start, pairs = parse(request_head([HOST, *raw]))
+    assert start == b"GET /x HTTP/1.1"
+    assert pairs[:count] == raw
+    assert values(pairs, b"host") == [HOST[1]]
+    start, pairs = parse(response_head(raw))
+    assert start == b"HTTP/1.1 200 OK"
+    assert pairs[:count] == raw
+    assert values(pairs, b"x-request-id") == [REQUEST_ID]
 
 
 # ------------------------------------------------------------ request: hop-by-hop
@@ -386,7 +403,37 @@ def test_new_traceparent_is_a_valid_w3c_traceparent() -> None:
 def test_new_traceparent_never_has_an_all_zero_id(
         monkeypatch: pytest.MonkeyPatch, random_bytes: bytes) -> None:
     monkeypatch.setattr(headers, "_randbytes", lambda n: random_bytes[:n])
+    headers._random_hex.reset()  # the digits already made came from the real source
     value = new_traceparent(False).decode()
+    headers._random_hex.reset()
     assert headers.trace_id(value) is not None
     assert value[3:35] == random_bytes[:16].hex() or random_bytes[:16] == bytes(16)
     assert value[36:52] == random_bytes[16:].hex() or random_bytes[16:] == bytes(8)
+
+
+def test_ids_made_in_batches_run_on_across_refills() -> None:
+    # 64 ids are made at a time: 500 in a row cross several refills, all distinct.
+    ids = [new_traceparent(False) for _ in range(500)]
+    assert len(set(ids)) == 500
+    assert all(headers.trace_id(value.decode()) is not None for value in ids)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    # Parent and child hold the same pool and generator state at the fork; without the
+    # at-fork reset both would hand out the same next ids.
+    new_request_id()  # the pool holds digits made before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent, then out
+        try:
+            os.write(write_end, b"".join(new_request_id() for _ in range(4)))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = b"".join(new_request_id() for _ in range(4))
+    assert len(child) == len(parent) == 128
+    assert {child[i:i + 32] for i in range(0, 128, 32)}.isdisjoint(
+        parent[i:i + 32] for i in range(0, 128, 32))
