@@ -515,16 +515,43 @@ class _Guard:
         return grpc.StatusCode.UNKNOWN
 
 
+class _AuditedContext:
+    """A unary call's context, handed to the servicer in place of grpc's: its `abort`
+    writes the audit record first. grpc.aio's `abort()` sends the status to the client
+    at once, so a record written once the handler has raised could come after the
+    client has its answer: an audit trail must never lag the outcome it records.
+    Everything else is grpc's context."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, guard: _Guard,
+                 request: Any) -> None:
+        self._context = context
+        self._guard = guard
+        self._request = request
+        self.recorded = False
+
+    async def abort(self, code: grpc.StatusCode, details: str = "",
+                    trailing_metadata: Sequence[tuple[str, str | bytes]] = ()) -> None:
+        if not self.recorded:
+            self.recorded = True
+            self._guard.record(self._context, self._request, code)
+        await self._context.abort(code, details, trailing_metadata)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, guard: _Guard) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await guard.admit(context, request)
+            audited = _AuditedContext(context, guard, request)
             try:
-                response = await inner(request, context)
+                response = await inner(request, audited)
             except BaseException as exc:
-                guard.record(context, request, guard.outcome(context, exc))
+                if not audited.recorded:
+                    guard.record(context, request, guard.outcome(context, exc))
                 raise
             guard.record(context, request, guard.outcome(context, None))
             return response

@@ -10,6 +10,7 @@ go side by side:
 
     .venv/bin/python bench/icount.py                    # this checkout, small bodies
     .venv/bin/python bench/icount.py --body 64k -n 1000
+    .venv/bin/python bench/icount.py --headers browser  # nine more request fields
     .venv/bin/python bench/icount.py --tree /tmp/other  # another checkout, same venv
     .venv/bin/python bench/icount.py --keep /tmp/cg.out # then: callgrind_annotate /tmp/cg.out
 
@@ -80,12 +81,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _requests(port: int, path: str, count: int, timeout: float) -> None:
+# `--headers browser`: the fields a browser's API call carries (lengths that collide with
+# fields the sidecar owns, like User-Agent's with Connection's, included on purpose).
+HEADER_PROFILES: dict[str, dict[str, str]] = {
+    "minimal": {},  # http.client's own: Host and Accept-Encoding
+    "browser": {
+        "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+        "Accept": "application/json, text/plain, */*",
+        "Accept-Language": "en-GB,en;q=0.7",
+        "Referer": "https://app.example.com/orders/42",
+        "Content-Type": "application/json",
+        "Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl",
+        "Cookie": "session=8f2c1e0a9b7d4c3e; theme=dark",
+        "Sec-Fetch-Mode": "cors",
+        "Origin": "https://app.example.com",
+    },
+}
+
+
+def _requests(port: int, path: str, count: int, timeout: float,
+              headers: dict[str, str] | None = None) -> None:
     """`count` requests over one keep-alive connection (http.client reconnects if the
     sidecar closes it); `timeout` bounds each socket operation."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     for _ in range(count):
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         response.read()
         if response.status != 200:
@@ -114,6 +134,8 @@ def main() -> None:
     parser.add_argument("-n", "--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--config", type=Path, help="default: TREE/bench/sidecar.jsonnet")
+    parser.add_argument("--headers", choices=sorted(HEADER_PROFILES), default="minimal",
+                        help="the request's fields besides Host (default: minimal)")
     parser.add_argument("--keep", type=Path, metavar="FILE",
                         help="also save the callgrind dump of the counted requests there "
                              "(read it with callgrind_annotate)")
@@ -143,10 +165,11 @@ def main() -> None:
         try:
             _wait_ready(port, proc, 180)
             path = "/64k" if args.body == "64k" else "/small"
-            _requests(port, path, args.warmup, 60)
+            headers = HEADER_PROFILES[args.headers]
+            _requests(port, path, args.warmup, 60, headers)
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            _requests(port, path, args.requests, 60)
+            _requests(port, path, args.requests, 60, headers)
             subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         finally:
@@ -164,8 +187,8 @@ def main() -> None:
                     per_request = int(found.group(1)) / args.requests
                     if args.keep is not None:
                         shutil.copyfile(dump, args.keep)
-                    print(f"{tree.name} {args.body}: {per_request:,.0f} instructions/request "
-                          f"({args.requests} requests)")
+                    print(f"{tree.name} {args.body} ({args.headers} headers): "
+                          f"{per_request:,.0f} instructions/request ({args.requests} requests)")
                     return
     raise SystemExit("icount: callgrind wrote no dump")
 

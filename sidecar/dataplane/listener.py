@@ -57,7 +57,7 @@ from typing import Final, cast
 
 import httptools
 
-from sidecar.core.headers import new_request_id
+from sidecar.core.headers import name_filter, new_request_id
 from sidecar.core.routing import valid_host
 from sidecar.dataplane.request import NO_BODY_STATUSES, Request
 from sidecar.dataplane.response import ProxyResponse, error_response
@@ -98,8 +98,9 @@ _LAST_CHUNK: Final = b"0\r\n\r\n"
 _COPY_LIMIT: Final = 16 * 1024
 _CRLF: Final = b"\r\n"
 _VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
-# Field names the listener looks at, by length (a cheap filter before lower()).
-_WATCHED_LENGTHS: Final = frozenset({4, 6, 10, 11, 12, 17})
+# Field names the listener looks at (`name_filter`: a cheap test before lower()).
+_WATCHED: Final = name_filter((b"host", b"x-request-id", b"traceparent", b"expect",
+                               b"transfer-encoding", b"connection", b"content-length"))
 Handler = Callable[["Request"], Awaitable[ProxyResponse]]
 
 
@@ -272,7 +273,7 @@ class _Connection(asyncio.Protocol):
         if len(headers) > self._max_headers or len(name) + len(value) > self._max_field:
             self._error = HeadersTooLarge()
             raise _Stop
-        if len(name) in _WATCHED_LENGTHS:
+        if _WATCHED[name[0]] >> len(name) & 1:  # (llhttp: a name is never empty)
             lname = name.lower()
             if lname == b"host":
                 if request.host is not None:
@@ -298,8 +299,8 @@ class _Connection(asyncio.Protocol):
                     self._chunked_last = True
             elif lname == b"connection":
                 self._connection_field = True
-        elif len(name) == 14 and name.lower() == b"content-length":
-            request.content_length = int(value)  # llhttp checked: digits, one value
+            elif lname == b"content-length":
+                request.content_length = int(value)  # llhttp checked: digits, one value
 
     def _on_trailer(self, name: bytes, value: bytes) -> None:
         """A trailer field of a chunked request body is read and dropped: RFC 9110 6.5.1

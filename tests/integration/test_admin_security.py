@@ -460,6 +460,23 @@ async def test_audit_line_for_mutating_calls_only(
     assert "hunter2" not in text and READ_TOKEN not in text and ADMIN_TOKEN not in text
 
 
+async def test_an_aborted_calls_audit_line_is_written_before_the_client_has_its_status(
+        token_server: tuple[AdminServer, grpc.aio.Channel],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # grpc.aio's abort() sends the status at once: a line written after the servicer
+    # raised could come after the client saw the outcome (this test held that race).
+    _, channel = token_server
+    caplog.set_level(logging.INFO, "sidecar.audit")
+    refused = api.RegisterEndpointRequest(endpoint=res.Endpoint(
+        cluster="users", url="not a url", id="bad"))
+    for done in range(1, 31):
+        assert await call(channel, "RegisterEndpoint", refused,
+                          bearer(ADMIN_TOKEN)) is grpc.StatusCode.INVALID_ARGUMENT
+        lines = [r for r in caplog.records if r.name == "sidecar.audit"]
+        assert len(lines) == done
+        assert lines[-1].result == "INVALID_ARGUMENT"  # type: ignore[attr-defined]
+
+
 async def test_audit_log_can_be_turned_off(registry: Registry,
                                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "sidecar.audit")

@@ -111,6 +111,44 @@ def test_large_heads_keep_every_field_in_order(count: int, size: int) -> None:
     assert values(pairs, b"x-request-id") == [REQUEST_ID]
 
 
+def _case_variants(name: bytes) -> list[bytes]:
+    flipped = bytes(c ^ 0x20 if 97 <= c <= 122 and i % 2 else c for i, c in enumerate(name))
+    return [name, name.upper(), name.title(), flipped, flipped.swapcase()]
+
+
+def test_the_name_filter_lets_every_owned_field_through_in_any_case() -> None:
+    # A name the filter turned away would pass through unexamined: a hop-by-hop field
+    # forwarded, or a client's X-Forwarded-For kept beside the sidecar's own.
+    owned = headers._REQUEST_OWNED | headers._RESPONSE_OWNED
+    for filter_, names in ((headers._REQUEST_FILTER, headers._REQUEST_OWNED),
+                           (headers._RESPONSE_FILTER, headers._RESPONSE_OWNED),
+                           (headers.name_filter(owned), owned)):
+        for name in names:
+            for variant in _case_variants(name):
+                assert filter_[variant[0]] >> len(variant) & 1, variant
+
+
+def test_the_name_filter_turns_away_common_fields_whose_length_collides() -> None:
+    # Same length as Connection, Expect, X-Forwarded-For and X-Request-Id: only the
+    # first letter tells them apart, and they need no lower-casing.
+    filter_ = headers._REQUEST_FILTER
+    for name in (b"User-Agent", b"Accept", b"Accept-Encoding", b"Content-Type",
+                 b"Date", b"Server", b"Cookie"):
+        assert not filter_[name[0]] >> len(name) & 1, name
+
+
+@pytest.mark.parametrize(("name", "count"), [
+    (b"X-Forwarded-For", 1), (b"x-FORWARDED-for", 1), (b"VIA", 1), (b"x-request-ID", 1),
+    (b"Te", 0), (b"KEEP-alive", 0), (b"Transfer-ENCODING", 0),
+])
+def test_owned_fields_in_any_case_are_the_sidecars_own(name: bytes, count: int) -> None:
+    # Merged into the sidecar's field (X-Forwarded-For, Via), replaced (X-Request-Id)
+    # or dropped (hop-by-hop): never passed through beside it.
+    _, pairs = parse(request_head([HOST, (name, b"sent")]))
+    assert len(values(pairs, name)) == count
+    assert b"sent" not in values(pairs, name)  # (merged: "sent, 10.0.0.9")
+
+
 # ------------------------------------------------------------ request: hop-by-hop
 
 
