@@ -44,6 +44,14 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[tuple[Listener, int]]
         await server.wait_closed()
 
 
+async def reached(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait (bounded) until `predicate()` holds: a state, not a guess at how long it
+    takes to get there on a loaded machine."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
 def statuses(reply: bytes) -> list[int]:
     """The status of every response in `reply` (bodies here never look like heads)."""
     return [int(status) for status in re.findall(rb"HTTP/1\.[01] (\d{3}) ", reply)]
@@ -171,8 +179,9 @@ async def test_request_body_pauses_reading_until_the_handler_takes_it(serve):
 
     sending = asyncio.ensure_future(send())
     await asyncio.wait_for(took.wait(), 5)
-    await asyncio.sleep(0.3)
     (conn,) = listener.connections
+    await reached(lambda: conn.reading_paused)
+    await asyncio.sleep(0.2)  # and it stays so: the client cannot send its 64 MiB
     assert conn.reading_paused
     assert conn._parsing is not None and conn._parsing._buffered < 4 * BODY_HIGH_WATER
     assert not sending.done()  # the client is held back by TCP
@@ -201,10 +210,11 @@ async def test_slow_reader_pauses_the_streamed_response(serve):
         done.set()
         return response
 
-    _, port = await serve(handler)
+    listener, port = await serve(handler)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    await asyncio.sleep(0.3)
+    await reached(lambda: any(c._write_paused for c in listener.connections))
+    await asyncio.sleep(0.2)  # and the handler stays held back
     assert 0 < writes < 400  # waiting on the client, not buffering 25 MiB
     received = 0
     async with asyncio.timeout(10):
@@ -673,7 +683,9 @@ async def test_drain_in_flight_request_gets_connection_close(start_upstream, sta
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await asyncio.wait_for(gate.arrived.wait(), 5)
     stopping = asyncio.ensure_future(sidecar.stop(drain_timeout=5))
-    await asyncio.sleep(0.05)
+    listener = sidecar._listener
+    await reached(lambda: listener.connections and all(
+        c._draining for c in listener.connections))
     gate.release.set()
     async with asyncio.timeout(5):
         reply = await reader.read()
