@@ -109,6 +109,9 @@ def _response_owned_with(replace: frozenset[bytes]) -> tuple[frozenset[bytes], t
     return owned, name_filter(owned)
 
 
+_RANDOM_BATCH: Final = 64 * 24  # random bytes made at a time: 64 traceparents' ids
+
+
 class _RandomHex:
     """Random lower-case hex digits, made 64 ids at a time.
 
@@ -139,7 +142,6 @@ class _RandomHex:
         self._at = 0
 
 
-_RANDOM_BATCH: Final = 64 * 24  # bytes: 64 traceparents' ids
 _random_hex: Final = _RandomHex()
 
 

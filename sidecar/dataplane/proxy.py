@@ -512,20 +512,15 @@ class Proxy:
                         # now, not when its body ends.
                         if upstream.complete and not (gateway_fallback
                                                       and status in GATEWAY_STATUSES):
-                            try:
-                                response = self._whole(request, upstream, upstream.body(),
-                                                       rid, version, store, extra)
-                            except BaseException:
-                                upstream.abort()
-                                raise
+                            response = self._whole(request, upstream, upstream.body(), rid,
+                                                   version, store, extra)
                             self._learn(hosts, host, now, failure)
                             return response
                         self._learn(hosts, host, now, failure)
                         return await self._respond_upstream(request, upstream, host, rid,
                                                             version, cluster_name, store,
                                                             extra, gateway_fallback)
-                    hosts.on_failure(host, failure)
-                    self._attempted(host, now, failure)
+                    self._learn(hosts, host, now, failure)
                     if plan is None:
                         plan = policy.plan(method, hosts.budget)
                     decision = plan.decide(None, status, sent=True, body=body.state,
@@ -540,8 +535,7 @@ class Proxy:
                     if kind != STALE:
                         failure = (TIMEOUT if kind == TIMEOUT else
                                    CONNECT_FAILURE if kind == CONNECT_FAILURE else RESET)
-                        hosts.on_failure(host, failure)
-                        self._attempted(host, now, failure)
+                        self._learn(hosts, host, now, failure)
                     else:
                         hosts.release(host)
                     assert kind is not None
@@ -576,18 +570,13 @@ class Proxy:
             limits.done()
 
     def _learn(self, hosts: HostSet, host: Host, started: float, failure: str | None) -> None:
-        """The breaker (and outlier detection) learn an answer's outcome; the rolling
-        stats count the attempt."""
+        """An attempt to `host` that started at `started` ended (its head came, or it
+        failed as `failure`): the breaker (and outlier detection) learn the outcome,
+        and the endpoint's rolling stats (GetStats) count it as the breaker judged it."""
         if failure is not None:
             hosts.on_failure(host, failure)
         else:
             hosts.on_success(host)
-        self._attempted(host, started, failure)
-
-    def _attempted(self, host: Host, started: float, failure: str | None) -> None:
-        """An attempt to `host` that started at `started` ended (its head came, or it
-        failed as `failure`): count it in the endpoint's rolling stats (GetStats), as
-        the breaker judged it."""
         end = self._clock()
         self.metrics.rolling.attempt(host.cluster, host.id, end, end - started,
                                      failure is None or not host.breaker.is_failure(failure))
@@ -693,17 +682,23 @@ class Proxy:
                store: Callable[[UpstreamResponse, bytes], None] | None = None,
                extra: bytes = b"") -> ProxyResponse:
         """The response with its whole body: head and body go out in one write, now
-        (`Request.respond`), before the bookkeeping that follows."""
+        (`Request.respond`), before the bookkeeping that follows. The upstream's
+        connection is released after it, or aborted if this fails."""
         status = upstream.status
-        keep_alive = request.keep_alive
-        no_body = status in (204, 304) or status < 200 or request.method == "HEAD"
-        framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body)) + extra
-                   + connection_field(keep_alive, version))
-        head = build_response_head(version, status, upstream.reason, upstream.headers,
-                                   framing=framing, request_id=rid, keep_content_length=no_body,
-                                   replace=_field_names(extra) if extra else _NO_NAMES)
-        response = ProxyResponse(status, head, body=body, keep_alive=keep_alive)
-        request.respond(response)
+        try:
+            keep_alive = request.keep_alive
+            no_body = status in (204, 304) or status < 200 or request.method == "HEAD"
+            framing = ((b"" if no_body else b"Content-Length: %d\r\n" % len(body)) + extra
+                       + connection_field(keep_alive, version))
+            head = build_response_head(version, status, upstream.reason, upstream.headers,
+                                       framing=framing, request_id=rid,
+                                       keep_content_length=no_body,
+                                       replace=_field_names(extra) if extra else _NO_NAMES)
+            response = ProxyResponse(status, head, body=body, keep_alive=keep_alive)
+            request.respond(response)
+        except BaseException:
+            upstream.abort()
+            raise
         upstream.release()
         if store is not None and status == 200:
             store(upstream, body)

@@ -98,6 +98,15 @@ class Pulse:
         self._unsubscribe.clear()
 
 
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait (bounded) until `predicate()` holds, polling: for a state nothing signals,
+    instead of a guess at how long a loaded machine takes to reach it."""
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
+
+
 def echo_app(seen: Seen, name: str = "echo") -> web.Application:
     async def echo(request: web.Request) -> web.StreamResponse:
         body = await request.read()

@@ -11,7 +11,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ from sidecar.config.admin import AdminAuthConfig, AdminTLSConfig
 from sidecar.config.model import parse_config
 from sidecar.errors import ConfigError
 from sidecar.registry import Registry
+
+from .conftest import wait_until
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 READ_TOKEN = "read-token-0123456789abcdef"
@@ -508,13 +510,6 @@ async def test_max_watchers(registry: Registry) -> None:
             assert (await fourth.read()).HasField("snapshot")
             fourth.cancel()
             streams[1].cancel()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_max_message_size(registry: Registry) -> None:

@@ -14,7 +14,7 @@ from sidecar.dataplane.listener import BODY_HIGH_WATER, MAX_PIPELINED, Listener,
 from sidecar.dataplane.response import ProxyResponse
 from sidecar.errors import BadRequest
 
-from .conftest import Gate, raw_request, url_of
+from .conftest import Gate, raw_request, url_of, wait_until
 
 Handler = Callable[[Request], Awaitable[ProxyResponse]]
 
@@ -42,14 +42,6 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[tuple[Listener, int]]
         server.close()
         await listener.shutdown(1.0)
         await server.wait_closed()
-
-
-async def reached(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    """Wait (bounded) until `predicate()` holds: a state, not a guess at how long it
-    takes to get there on a loaded machine."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 def statuses(reply: bytes) -> list[int]:
@@ -180,7 +172,7 @@ async def test_request_body_pauses_reading_until_the_handler_takes_it(serve):
     sending = asyncio.ensure_future(send())
     await asyncio.wait_for(took.wait(), 5)
     (conn,) = listener.connections
-    await reached(lambda: conn.reading_paused)
+    await wait_until(lambda: conn.reading_paused)
     await asyncio.sleep(0.2)  # and it stays so: the client cannot send its 64 MiB
     assert conn.reading_paused
     assert conn._parsing is not None and conn._parsing._buffered < 4 * BODY_HIGH_WATER
@@ -213,7 +205,7 @@ async def test_slow_reader_pauses_the_streamed_response(serve):
     listener, port = await serve(handler)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    await reached(lambda: any(c._write_paused for c in listener.connections))
+    await wait_until(lambda: any(c._write_paused for c in listener.connections))
     await asyncio.sleep(0.2)  # and the handler stays held back
     assert 0 < writes < 400  # waiting on the client, not buffering 25 MiB
     received = 0
@@ -684,7 +676,7 @@ async def test_drain_in_flight_request_gets_connection_close(start_upstream, sta
     await asyncio.wait_for(gate.arrived.wait(), 5)
     stopping = asyncio.ensure_future(sidecar.stop(drain_timeout=5))
     listener = sidecar._listener
-    await reached(lambda: listener.connections and all(
+    await wait_until(lambda: listener.connections and all(
         c._draining for c in listener.connections))
     gate.release.set()
     async with asyncio.timeout(5):
