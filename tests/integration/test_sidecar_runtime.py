@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 
 import pytest
+from aiohttp import web
 
 from sidecar.errors import ConfigError
 
-from .conftest import Gate, base_url, raw_request, url_of
+from .conftest import Gate, base_url, raw_request, url_of, wait_until
 
 
 async def test_registered_endpoint_takes_traffic_and_deregistered_gets_none(
@@ -289,4 +291,48 @@ async def test_client_gone_mid_request_frees_the_upstream_connection(start_upstr
     assert endpoint.active_requests == 0
     stats = sidecar.metrics.stats("all", "app")
     assert stats.codes[4] == 1  # recorded as 499, client closed request
+    gate.release.set()
+
+
+async def _keep_alive_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              path: str) -> bytes:
+    """One request on an open keep-alive connection; its whole answer (Content-Length)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        return head + await reader.readexactly(length)
+
+
+async def test_a_later_keep_alive_request_times_out_and_can_be_cancelled(start_upstream,
+                                                                         start_sidecar):
+    # Requests after the first on a keep-alive connection are answered by the task
+    # that parked after the first one (a future per request, not a task): their
+    # deadlines and the client's leaving must reach them as they reach a first one.
+    gate = Gate()
+    app = gate.app()
+
+    async def fast(request: web.Request) -> web.Response:
+        return web.Response(text="fast")
+
+    app.router.add_get("/fast", fast)
+    server, _ = await start_upstream(app)
+    sidecar = await start_sidecar({
+        "clusters": [{"name": "app", "endpoints": [{"url": url_of(server)}],
+                      "timeout": "200ms"}],
+        "routes": [{"name": "all", "prefix": "/", "cluster": "app"}]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.ports["listener"])
+    assert b" 200 " in await _keep_alive_request(reader, writer, "/fast")
+    assert b" 504 " in await _keep_alive_request(reader, writer, "/")  # parked upstream
+    assert b" 200 " in await _keep_alive_request(reader, writer, "/fast")  # still served
+    gate.arrived.clear()
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(gate.arrived.wait(), 5)
+    writer.close()  # the client gives up on its fourth request
+    endpoint = sidecar.registry.clusters["app"].routable[0]
+    await wait_until(lambda: not (sidecar.metrics.active_requests
+                                  or endpoint.pool.active_count))
+    assert endpoint.active_requests == 0
+    codes = sidecar.metrics.stats("all", "app").codes
+    assert (codes[2], codes[4], codes[5]) == (2, 1, 1)  # 200 x2, 499, 504
     gate.release.set()
