@@ -21,7 +21,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY sidecar ./sidecar
 COPY admin ./admin
-RUN pip install --no-cache-dir 'setuptools>=68' wheel mypy==2.4.1 '.[uvloop]' \
+RUN pip install --no-cache-dir 'setuptools>=77' wheel mypy==2.4.1 '.[uvloop]' \
     && SIDECAR_NATIVE=1 pip wheel --no-cache-dir --no-build-isolation --no-deps -w /wheels .
 
 FROM python:3.11-slim
