@@ -104,6 +104,11 @@ def test_every_rpc_is_in_the_role_table_and_in_these_tests() -> None:
                          open_reflection=True) is None
 
 
+def audit_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The audit log's records captured so far, in order."""
+    return [r for r in caplog.records if r.name == "sidecar.audit"]
+
+
 async def call(channel: grpc.aio.Channel, name: str, request: Any,
                metadata: tuple[tuple[str, str], ...] = ()) -> Any:
     """One RPC; for WatchStatus, its first message. Returns the status code."""
@@ -313,7 +318,7 @@ async def test_jwt_with_a_key_file(registry: Registry, tmp_path: Path,
             unsigned = forged.encode(json.dumps(claims()).encode(), key=None, algorithm=None,
                                      headers=header)
             assert await code(unsigned) is UNAUTHENTICATED
-    audit = [r for r in caplog.records if r.name == "sidecar.audit"]
+    audit = audit_records(caplog)
     assert {(r.who, r.auth, r.result) for r in audit} >= {  # type: ignore[attr-defined]
         ("alice", "jwt", "OK"), ("alice", "jwt", "PERMISSION_DENIED")}
     for record in caplog.records:
@@ -408,7 +413,7 @@ async def test_mtls_subject_is_the_identity(registry: Registry, pki: Pki,
         async with pki.channel(address, client_cert=False) as anonymous:
             assert await call(anonymous, "GetConfig",
                               CALLS["GetConfig"]) is grpc.StatusCode.UNAVAILABLE
-    [record] = [r for r in caplog.records if r.name == "sidecar.audit"]
+    [record] = audit_records(caplog)
     assert record.auth == "cert"  # type: ignore[attr-defined]
     assert "CN=ops" in record.who  # type: ignore[attr-defined]
     assert record.subject == record.who  # type: ignore[attr-defined]
@@ -444,8 +449,7 @@ async def test_audit_line_for_mutating_calls_only(
     await call(channel, "TripBreaker", CALLS["TripBreaker"])
     await call(channel, "ValidateConfig", api.ValidateConfigRequest(
         config_json=json.dumps({"secret": "x" * 40})), bearer(ADMIN_TOKEN))
-    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records
-             if r.name == "sidecar.audit"]
+    lines = [json.loads(JsonFormatter().format(r)) for r in audit_records(caplog)]
     summary = [(line["who"], line["rpc"], line["result"]) for line in lines]
     assert summary == [("ops", "RegisterEndpoint", "INVALID_ARGUMENT"),
                        ("ops", "UpdateEndpoint", "OK"),
@@ -474,7 +478,7 @@ async def test_an_aborted_calls_audit_line_is_written_before_the_client_has_its_
     for done in range(1, 31):
         assert await call(channel, "RegisterEndpoint", refused,
                           bearer(ADMIN_TOKEN)) is grpc.StatusCode.INVALID_ARGUMENT
-        lines = [r for r in caplog.records if r.name == "sidecar.audit"]
+        lines = audit_records(caplog)
         assert len(lines) == done
         assert lines[-1].result == "INVALID_ARGUMENT"  # type: ignore[attr-defined]
 
@@ -486,7 +490,7 @@ async def test_audit_log_can_be_turned_off(registry: Registry,
         async with grpc.aio.insecure_channel(address) as channel:
             assert await call(channel, "ResetBreaker", CALLS["ResetBreaker"]) is \
                 grpc.StatusCode.OK
-    assert not [r for r in caplog.records if r.name == "sidecar.audit"]
+    assert not audit_records(caplog)
 
 
 # ---------------------------------------------------------------- bounds
@@ -744,5 +748,5 @@ async def test_the_sidecar_wires_its_admin_config(start_sidecar: Any, secrets: P
                 cluster="users", url=f"http://127.0.0.1:{sidecar.ports['listener']}")),
                 metadata=bearer(ADMIN_TOKEN))
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert [r.who for r in caplog.records  # type: ignore[attr-defined]
-            if r.name == "sidecar.audit"] == ["ops", "ops"]
+    assert [r.who for r in audit_records(caplog)] == [  # type: ignore[attr-defined]
+        "ops", "ops"]
