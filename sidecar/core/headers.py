@@ -233,6 +233,14 @@ def _spill(spilled: list[bytes] | None, fields: bytes) -> list[bytes]:
     return spilled
 
 
+def _gathered(spilled: list[bytes] | None, fields: bytes) -> bytes:
+    """All the field lines of a head: those spilled, then the last ones."""
+    if spilled is None:
+        return fields
+    spilled.append(fields)
+    return b"".join(spilled)
+
+
 def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple[bytes, bytes]],
                        *, host: bytes | None, client: bytes, proto: bytes, request_id: bytes,
                        framing: bytes, via_version: bytes = b"1.1",
@@ -281,9 +289,7 @@ def build_request_head(method: bytes, target: bytes, raw_headers: Sequence[tuple
                 method, target, raw_headers, host=host, client=client, proto=proto,
                 request_id=request_id, framing=framing, via_version=via_version,
                 _owned=owned | tokens)
-    if spilled is not None:
-        spilled.append(fields)
-        fields = b"".join(spilled)
+    fields = _gathered(spilled, fields)
     forwarded_for = forwarded_for + _LIST_SEP + client if forwarded_for else client
     entry = _VIA_ENTRIES.get(via_version) or via_version + b" " + VIA_PSEUDONYM
     via = via + _LIST_SEP + entry if via else entry
@@ -350,9 +356,7 @@ def build_response_head(version: bytes, status: int, reason: bytes,
             return build_response_head(
                 version, status, reason, raw_headers, framing=framing, request_id=request_id,
                 keep_content_length=keep_content_length, _owned=owned | tokens)
-    if spilled is not None:
-        spilled.append(fields)
-        fields = b"".join(spilled)
+    fields = _gathered(spilled, fields)
     via = via + _LIST_SEP + _VIA_SELF if via else _VIA_SELF
     return (b"HTTP/%b%b%b\r\n%bX-Request-Id: %b\r\nVia: %b\r\n%b\r\n"
             % (version, code, reason, fields, request_id, via, framing))
